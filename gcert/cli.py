@@ -1,0 +1,255 @@
+"""The ``gcert`` command line: thin commands over the library (everything here is callable from Python).
+
+Exit codes: 0 done; 2 bad input or usage (one-line message); 3 a plugin failed to load or register
+(``gcert list``); 130 interrupted (the results file stays valid; rerun to resume); 1 a bug in gcert.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gcert import __version__
+from gcert.errors import GcertError
+
+EXIT_PLUGIN_PROBLEMS = 3
+EXIT_INTERRUPTED = 130
+
+
+def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{what} takes comma-separated numbers, got {value!r}") from None
+
+
+def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
+    floats = _floats(value, what)
+    if floats is None:
+        return None
+    if any(f != int(f) or f <= 0 for f in floats):
+        raise click.BadParameter(f"{what} takes positive integers like 1,28,28, got {value!r}")
+    return tuple(int(f) for f in floats)
+
+
+def _parse_options(items: tuple[str, ...], certifiers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``-o key=value`` (for the only certifier) or ``-o certifier.key=value``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"options look like key=value or certifier.key=value, got {item!r}")
+        if "." in key:
+            cert, key = key.split(".", 1)
+        elif len(certifiers) == 1:
+            cert = certifiers[0]
+        else:
+            raise click.BadParameter(f"with several certifiers, name the one {item!r} is for: certifier.{item}")
+        out.setdefault(cert, {})[key] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gcert")
+def cli() -> None:
+    """Certify neural networks against semantic image mutations (GCert)."""
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(as_json: bool) -> None:
+    """Show every plugin, where it came from, and what it registered."""
+    from gcert.plugins import load_registry
+
+    reg = load_registry()
+    plugins = []
+    for info in reg.plugins:
+        registered = {
+            kind: sorted(n for n, e in getattr(reg, kind).items() if e.plugin == info.name)
+            for kind in ("generators", "mutations", "certifiers")
+        }
+        region_hook = any(impl.plugin_name == info.name for impl in reg.pm.hook.gcert_input_region.get_hookimpls())
+        plugins.append({
+            "name": info.name, "origin": info.origin, "version": info.version, "module": info.module,
+            "error": info.error, **registered, "input_region": region_hook,
+        })
+    details = {
+        "mutations": {n: {"kind": e.value.kind, "generator": e.value.generator, "unit": e.value.unit,
+                          "default_delta": e.value.default_delta, "plugin": e.plugin,
+                          "description": e.value.description} for n, e in sorted(reg.mutations.items())},
+        "certifiers": {n: {"guarantee": e.value.guarantee, "plugin": e.plugin,
+                           "description": e.value.description} for n, e in sorted(reg.certifiers.items())},
+        "generators": {n: {"piecewise_linear": e.value.piecewise_linear, "plugin": e.plugin,
+                           "description": e.value.description} for n, e in sorted(reg.generators.items())},
+    }
+    if as_json:
+        click.echo(json.dumps({"gcert": __version__, "plugins": plugins, **details, "problems": reg.problems},
+                              indent=2))
+    else:
+        for p in plugins:
+            state = f"FAILED: {p['error']}" if p["error"] else ""
+            click.echo(f"plugin {p['name']} ({p['origin']} {p['version']}) {state}".rstrip())
+        for kind in ("mutations", "certifiers", "generators"):
+            click.echo(f"\n{kind}:")
+            for name, d in details[kind].items():
+                extra = d.get("guarantee") or d.get("kind") or ("piecewise-linear" if d.get("piecewise_linear") else "")
+                click.echo(f"  {name:<14} {extra:<18} [{d['plugin']}] {d['description']}")
+        for line in reg.problems:
+            click.echo(f"problem: {line}", err=True)
+    if reg.problems or any(p["error"] for p in plugins):
+        sys.exit(EXIT_PLUGIN_PROBLEMS)
+
+
+@cli.command()
+@click.option("-c", "--certifier", "certifiers", multiple=True, required=True,
+              help="Certifier name (repeatable); `gcert list` shows them.")
+@click.option("-m", "--mutation", "mutations", multiple=True, required=True,
+              help="Mutation name (repeatable); `gcert list` shows them.")
+@click.option("--model", default=None, help="Zoo network, .onnx, TorchScript file, or module:attr. "
+              "Default: the zoo's default network.")
+@click.option("--data", default=None, help="Folder of images, .npz or .csv. Default: the zoo network's samples.")
+@click.option("--delta", default=None, help="Mutation strength(s), comma-separated, in the mutation's unit.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N inputs.")
+@click.option("--out", default="gcert-results.jsonl", show_default=True, type=click.Path(dir_okay=False),
+              help="JSONL results; a rerun with the same file resumes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per core when there is enough work).")
+@click.option("--mean", default=None, help="Per-channel mean the model normalises with, e.g. 0.1307.")
+@click.option("--std", default=None, help="Per-channel std the model normalises with, e.g. 0.3081.")
+@click.option("--input-shape", default=None, help="C,H,W of CSV rows that are not square images.")
+@click.option("--labels", type=click.Choice(["auto", "data", "predicted"]), default="auto", show_default=True,
+              help="Class to keep: the data's label, or the model's prediction on the clean input.")
+@click.option("--tau", type=float, default=None, help="Regression models: allowed change of the output.")
+@click.option("-o", "--option", "option_items", multiple=True,
+              help="Certifier option key=value (or certifier.key=value); repeatable.")
+@click.option("--plugin", "extra_plugins", multiple=True, help="Also load this module as a plugin.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def run(certifiers: tuple[str, ...], mutations: tuple[str, ...], model: str | None, data: str | None,
+        delta: str | None, limit: int | None, out: str, workers: int | None, mean: str | None, std: str | None,
+        input_shape: str | None, labels: str, tau: float | None, option_items: tuple[str, ...],
+        extra_plugins: tuple[str, ...], quiet: bool) -> None:
+    """Certify a network's decisions under mutations; one JSON record per (input, mutation, delta, certifier)."""
+    from gcert import zoo
+    from gcert.plugins import PluginSettings
+    from gcert.runner import Context, RunConfig
+    from gcert.runner import run as run_jobs
+
+    config = RunConfig(
+        mutations=mutations, certifiers=certifiers, model=model, data=data, deltas=_floats(delta, "--delta"),
+        options=_parse_options(option_items, certifiers), mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+        input_shape=_ints(input_shape, "--input-shape"), limit=limit, labels=labels, tau=tau,
+        plugins=PluginSettings.from_env(extra=extra_plugins),
+    )
+    ctx = Context(config)
+    for line in ctx.registry.problems + [f"plugin {p.name}: {p.error}" for p in ctx.registry.plugins if p.error]:
+        click.echo(f"gcert: warning: {line}", err=True)
+    if model is None or data is None:
+        net = model or zoo.default_network()
+        click.echo(f"using zoo network {net!r}" + ("" if data else f" and its {len(ctx.data)} sample inputs"),
+                   err=True)
+    summary = run_jobs(config, out, workers=workers, progress=not quiet, context=ctx)
+    click.echo(_summary_text(summary, out), err=True)
+    if summary.interrupted:
+        click.echo(f"interrupted: {out} holds every finished record; rerun the same command to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _summary_text(summary: Any, out: str) -> str:
+    from gcert.certificate import read_certificates
+
+    head = f"{summary.written} new records in {out}"
+    if summary.done_before:
+        head += f" ({summary.done_before} were already there)"
+    counts: Counter[tuple[str, str, float, str]] = Counter(
+        (c.mutation, c.certifier, c.delta, c.verdict) for c in read_certificates(out))
+    groups = sorted({k[:3] for k in counts})
+    lines = [head]
+    for m, c, d in groups:
+        parts = ", ".join(f"{v} {counts[(m, c, d, v)]}" for v in ("certified", "falsified", "unknown")
+                          if counts[(m, c, d, v)])
+        lines.append(f"  {m} delta={d:g} {c}: {parts}")
+    errors = sum(1 for c in read_certificates(out) if c.error)
+    if errors:
+        lines.append(f"  {errors} records carry an error (see their 'error' field)")
+    return "\n".join(lines)
+
+
+@cli.group()
+def zoo() -> None:
+    """The model zoo shipped with gcert."""
+
+
+@zoo.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def zoo_list(as_json: bool) -> None:
+    """List zoo entries."""
+    from gcert import zoo as z
+
+    if as_json:
+        click.echo(json.dumps(z.entries(), indent=2))
+        return
+    for e in z.entries():
+        click.echo(f"{e['name']:<16} {e['kind']:<10} {e['dataset']}")
+
+
+@zoo.command("show")
+@click.argument("name")
+def zoo_show(name: str) -> None:
+    """Print one zoo entry's manifest record."""
+    from gcert import zoo as z
+
+    click.echo(json.dumps(z.entry(name), indent=2))
+
+
+@zoo.command("verify")
+def zoo_verify() -> None:
+    """Check that every zoo file matches its sha256 in the manifest."""
+    from gcert import zoo as z
+
+    problems = [p for e in z.entries() for p in z.verify(e["name"])]
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        sys.exit(2)
+    click.echo(f"{len(z.entries())} zoo entries verified")
+
+
+@zoo.command("train")
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for the new files (default: a new folder zoo-NAME, never the installed zoo).")
+def zoo_train(name: str, out: str | None) -> None:
+    """Rebuild a zoo entry from its recipe and print the manifest entry it measured."""
+    from gcert import zoo as z
+
+    z.entry(name)
+    folder = Path(out or f"zoo-{name}")
+    click.echo(json.dumps(z.train(name, folder), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="gcert", standalone_mode=False)
+    except GcertError as exc:
+        click.echo(f"gcert: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("gcert: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("gcert: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

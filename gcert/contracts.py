@@ -1,0 +1,167 @@
+"""What plugins hand to the host: generators, mutations and certifiers, and what a certifier returns.
+
+These are the small contracts of DESIGN section 2; the host validates every registration against them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from gcert.errors import GcertError
+
+if TYPE_CHECKING:
+    from gcert.problem import Problem
+
+MUTATION_KINDS = ("geometric", "stylized", "global-perceptual", "local-perceptual", "pixel")
+GUARANTEES = ("complete", "sound", "quantitative", "probabilistic", "falsifier")
+VERDICTS = ("certified", "falsified", "unknown")
+
+
+def _check_name(what: str, name: object) -> None:
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+        raise GcertError(f"{what} name must be a non-empty string without spaces, got {name!r}")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """A generator ``G``: control vector -> image, loaded lazily.
+
+    ``invert(G, image)`` returns ``(control, reconstruction_error)``; the certificate speaks
+    about ``G(control)``, so the error is reported with every result.
+    """
+
+    name: str
+    loader: Callable[[], nn.Module]
+    control_shape: tuple[int, ...] | None
+    image_shape: tuple[int, ...] | None
+    value_range: tuple[float, float] = (0.0, 1.0)
+    piecewise_linear: bool = True
+    invert: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, float]] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("generator", self.name)
+        if not callable(self.loader):
+            raise GcertError(f"generator {self.name!r}: loader must be callable")
+        lo, hi = self.value_range
+        if not lo < hi:
+            raise GcertError(f"generator {self.name!r}: value_range {self.value_range} is empty")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """A named semantic change of an input.
+
+    ``direction(G, control)`` gives the change of the control per one unit of strength, so
+    the segment of strength ``delta`` is ``control + t * delta * direction`` for ``t`` in [0, 1].
+    Pixel-ball mutations (``kind == "pixel"`` with ``norm`` set) have no direction: their
+    region is the ``norm`` ball of radius ``delta`` around the image.
+    """
+
+    name: str
+    kind: str
+    generator: str
+    unit: str
+    default_delta: float
+    direction: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    norm: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("mutation", self.name)
+        if self.kind not in MUTATION_KINDS:
+            raise GcertError(
+                f"mutation {self.name!r}: kind {self.kind!r} is not one of {', '.join(MUTATION_KINDS)}"
+            )
+        if (self.direction is None) == (self.norm is None):
+            raise GcertError(f"mutation {self.name!r}: give exactly one of direction= or norm=")
+
+
+@dataclass
+class Outcome:
+    """What a certifier concludes about one problem.
+
+    ``witness_t`` is a point of the region (in the coordinates ``t`` of the composed network)
+    where the certifier claims the spec fails; the host confirms it with a plain forward pass
+    before it reports ``falsified``.
+    """
+
+    verdict: str
+    margin_lower: float | None = None
+    margin_upper: float | None = None
+    fraction: tuple[float, float] | None = None
+    max_delta: float | None = None
+    witness_t: torch.Tensor | None = None
+    pieces: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A certifier without settings."""
+
+
+class Certifier(ABC):
+    """An engine that decides whether ``problem.spec`` holds on all of ``problem.region``.
+
+    Subclasses set ``name``, ``guarantee`` (one of ``GUARANTEES``), a one-line ``description``
+    and an ``Options`` dataclass, and implement :meth:`certify`. :meth:`prepare` runs once per
+    problem shape before any work, so that an unsupported layer is reported before a long run.
+    """
+
+    name: ClassVar[str]
+    guarantee: ClassVar[str]
+    description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+
+    def prepare(self, problem: Problem) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Raise :class:`gcert.errors.GcertError` if this certifier cannot handle the problem."""
+
+    @abstractmethod
+    def certify(self, problem: Problem, options: Any) -> Outcome:
+        """Decide the problem; never claim more than ``guarantee`` allows."""
+
+    def parse_options(self, values: Mapping[str, Any] | None = None) -> Any:
+        """Build ``Options`` from a mapping, coercing strings (from the CLI) to the field types."""
+        values = dict(values or {})
+        fields = {f.name: f for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            known = ", ".join(sorted(fields)) or "(none)"
+            raise GcertError(f"certifier {self.name!r} has no option {unknown[0]!r}; its options: {known}")
+        hints = typing.get_type_hints(self.Options)
+        coerced = {k: _coerce(self.name, k, v, hints.get(k, str)) for k, v in values.items()}
+        return self.Options(**coerced)
+
+
+def _coerce(owner: str, key: str, value: Any, typ: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    base = typing.get_args(typ)[0] if typing.get_origin(typ) in (typing.Union, _UnionType) else typ
+    try:
+        if base is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base in (int, float):
+            return base(value)
+    except ValueError:
+        raise GcertError(f"option {key}={value!r} of {owner!r} must be a {base.__name__}") from None
+    return value
+
+
+_UnionType = type(int | None)

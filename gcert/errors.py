@@ -1,0 +1,48 @@
+"""User-facing errors: each one is a single line that names the problem and the fix.
+
+The CLI prints ``str(error)`` and exits with ``error.exit_code``; nothing here carries a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class GcertError(Exception):
+    """A problem with what the user asked for (exit code 2)."""
+
+    exit_code = 2
+
+
+class PluginError(GcertError):
+    """A plugin registered something invalid or a name twice."""
+
+
+class UnknownNameError(GcertError):
+    """A mutation, certifier, generator or model name that nothing registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        listing = ", ".join(self.known) or "(none registered)"
+        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {listing}")
+
+
+class InputError(GcertError):
+    """Input data that cannot be read or does not fit the model."""
+
+
+class ModelLoadError(GcertError):
+    """A model file or object that cannot be loaded."""
+
+
+class UnsupportedOperatorError(ModelLoadError):
+    """A network contains an operator that a loader or certifier cannot handle."""
+
+    def __init__(self, op: str, where: str, supported_by: Iterable[str] = (), hint: str = ""):
+        self.op, self.where, self.supported_by = op, where, sorted(supported_by)
+        msg = f"unsupported operator {op!r} in {where}"
+        if self.supported_by:
+            msg += f"; certifiers that handle it: {', '.join(self.supported_by)}"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)

@@ -1,0 +1,128 @@
+"""Loading the network under test: ONNX files, TorchScript files, ``module:attr`` objects, zoo names.
+
+Every loader returns a :class:`LoadedModel`: the module (eval mode, float32), the per-sample input
+shape when the format declares one, where it came from, and a fingerprint of its weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gcert.errors import GcertError, ModelLoadError
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    input_shape: tuple[int, ...] | None
+    source: str
+    sha256: str
+
+    def to_record(self) -> dict[str, str]:
+        return {"source": self.source, "sha256": self.sha256}
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, put in front of networks that expect normalised inputs."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        if any(s <= 0 for s in std):
+            raise GcertError(f"--std values must be > 0, got {std}")
+        self.register_buffer("mean", torch.tensor(mean).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.reshape(shape)) / self.std.reshape(shape)
+
+
+def fingerprint(module: nn.Module) -> str:
+    """sha256 over the names and values of all parameters and buffers."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_model(ref: str | os.PathLike[str] | nn.Module, mean: list[float] | None = None,
+               std: list[float] | None = None) -> LoadedModel:
+    """Load ``ref``: a zoo network name, a ``.onnx`` file, a TorchScript file, ``module:attr``, or a module.
+
+    With ``mean``/``std`` the network is prefixed by :class:`Normalize`, so data stays in [0, 1].
+    """
+    if isinstance(ref, nn.Module):
+        loaded = LoadedModel(ref, _declared_shape(ref), type(ref).__name__, "")
+    else:
+        loaded = _load_ref(str(ref))
+    module = loaded.module
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise GcertError("give both --mean and --std (per channel, comma-separated), or neither")
+        if len(mean) != len(std):
+            raise GcertError(f"--mean has {len(mean)} values but --std has {len(std)}")
+        module = nn.Sequential(Normalize(mean, std), module)
+    module = module.float().eval().requires_grad_(False)
+    loaded.module = module
+    loaded.sha256 = fingerprint(module)
+    return loaded
+
+
+def _load_ref(ref: str) -> LoadedModel:
+    from gcert import zoo
+
+    if zoo.has_network(ref):
+        module, shape = zoo.load_network(ref)
+        return LoadedModel(module, shape, f"zoo:{ref}", "")
+    path = Path(ref)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise ModelLoadError(f"model file {ref} does not exist")
+        from gcert.onnx_import import load_onnx
+
+        module = load_onnx(path)
+        return LoadedModel(module, tuple(module.input_shape), str(path), "")
+    if path.is_file():
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"cannot read {ref} as TorchScript ({first}); gcert loads .onnx, TorchScript "
+                "(torch.jit.save) and module:attr objects"
+            ) from None
+        return LoadedModel(module, None, str(path), "")
+    if ":" in ref and not path.exists():
+        return _load_object(ref)
+    known = ", ".join(zoo.network_names()) or "(none)"
+    raise ModelLoadError(
+        f"model {ref!r} is not a file, a module:attr object or a zoo network (zoo networks: {known})"
+    )
+
+
+def _load_object(ref: str) -> LoadedModel:
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot import model {ref!r}: {exc}") from None
+    if not isinstance(obj, nn.Module) and callable(obj):
+        obj = obj()  # a class or a factory function
+    if not isinstance(obj, nn.Module):
+        raise ModelLoadError(f"{ref!r} is a {type(obj).__name__}, not a torch.nn.Module or a factory of one")
+    return LoadedModel(obj, _declared_shape(obj), ref, "")
+
+
+def _declared_shape(module: nn.Module) -> tuple[int, ...] | None:
+    shape = getattr(module, "input_shape", None)
+    return tuple(int(s) for s in shape) if shape is not None else None

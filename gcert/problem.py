@@ -1,0 +1,64 @@
+"""A certification problem (f, G, region, spec) and its composed network N(t) = f(G(embed(t))).
+
+Every certifier receives the same :class:`ComposedNetwork`, built once per problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gcert.regions import Region
+from gcert.spec import Spec
+
+
+class ComposedNetwork(nn.Module):
+    """``N(t) = f(G(embed(t)))``: a plain torch module whose input ``t`` ranges over the region's box."""
+
+    def __init__(self, embed: nn.Module, generator: nn.Module, network: nn.Module):
+        super().__init__()
+        self.embed, self.generator, self.network = embed, generator, network
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.network(self.generator(self.embed(t)))
+
+
+@dataclass
+class Problem:
+    """Does ``spec`` hold for ``network(generator(c))`` for every control ``c`` in ``region``?
+
+    ``meta`` carries what the record needs (input id, label, mutation, delta, unit).
+    """
+
+    network: nn.Module
+    generator: nn.Module
+    region: Region
+    spec: Spec
+    meta: dict[str, Any] = field(default_factory=dict)
+    _composed: ComposedNetwork | None = field(default=None, init=False, repr=False)
+
+    def composed(self) -> ComposedNetwork:
+        """N, built once; in eval mode and without gradients on its parameters."""
+        if self._composed is None:
+            n = ComposedNetwork(self.region.embedding(), self.generator, self.network).eval()
+            n.requires_grad_(False)
+            self._composed = n
+        return self._composed
+
+    @property
+    def dtype(self) -> torch.dtype:
+        p = next(self.composed().parameters(), None)
+        return p.dtype if p is not None else torch.float32
+
+    @torch.no_grad()
+    def outputs(self, t: torch.Tensor) -> torch.Tensor:
+        """Plain forward pass of N at points ``t`` of shape (batch, dim)."""
+        return self.composed()(t.to(self.dtype))
+
+    @torch.no_grad()
+    def margins(self, t: torch.Tensor) -> torch.Tensor:
+        """Spec margin of N at points ``t`` (batch, dim) -> (batch,); > 0 means the spec holds."""
+        return self.spec.margin(self.outputs(t))

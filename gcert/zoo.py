@@ -1,0 +1,89 @@
+"""Access to the model zoo shipped in the wheel (package ``gcert_zoo``): manifest, loading, verification.
+
+The default job (``gcert run`` without ``--model``/``--data``) uses the manifest's ``default`` network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+from torch import nn
+
+from gcert.errors import GcertError, UnknownNameError
+
+
+def zoo_dir() -> Path:
+    return Path(str(resources.files("gcert_zoo")))
+
+
+@cache
+def manifest() -> dict[str, Any]:
+    return json.loads((zoo_dir() / "manifest.json").read_text())
+
+
+def entries() -> list[dict[str, Any]]:
+    return list(manifest()["entries"])
+
+
+def entry(name: str) -> dict[str, Any]:
+    for e in entries():
+        if e["name"] == name:
+            return e
+    raise UnknownNameError("zoo entry", name, [e["name"] for e in entries()])
+
+
+def network_names() -> list[str]:
+    return [e["name"] for e in entries() if e["kind"] == "network"]
+
+
+def has_network(name: str) -> bool:
+    return name in network_names()
+
+
+def default_network() -> str:
+    return str(manifest()["default"]["network"])
+
+
+def samples_path(name: str) -> Path:
+    return zoo_dir() / entry(name)["samples"]
+
+
+def load_network(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    from gcert_zoo.architectures import ARCHITECTURES
+
+    e = entry(name)
+    module = ARCHITECTURES[e["architecture"]]()
+    module.load_state_dict(load_file(str(zoo_dir() / e["weights"])))
+    return module.eval(), tuple(e["input_shape"])
+
+
+def verify(name: str) -> list[str]:
+    """Problems with an entry's files: missing, or sha256 different from the manifest's."""
+    e, problems = entry(name), []
+    for key, sha_key in (("weights", "sha256"), ("samples", "samples_sha256")):
+        if key not in e:
+            continue
+        path = zoo_dir() / e[key]
+        if not path.is_file():
+            problems.append(f"{name}: {e[key]} is missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != e[sha_key]:
+            problems.append(f"{name}: {e[key]} does not match its sha256 in the manifest")
+    return problems
+
+
+def train(name: str, out: Path | None = None) -> dict[str, Any]:
+    """Rebuild an entry with its recipe into ``out`` (default: the zoo folder) and return its new entry."""
+    from gcert_zoo.recipes import RECIPES
+
+    if name not in RECIPES:
+        raise UnknownNameError("zoo recipe", name, RECIPES)
+    try:
+        return RECIPES[name](out or zoo_dir())
+    except RuntimeError as exc:
+        raise GcertError(str(exc)) from None

@@ -1,0 +1,26 @@
+"""The default region of a mutation: GCert's segment along its direction, or a pixel Lp ball.
+
+Registered ``trylast`` so any plugin's ``gcert_input_region`` that returns a region wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import gcert
+from gcert.contracts import Mutation
+from gcert.regions import LpBall, Region, Segment
+
+
+@gcert.hookimpl(trylast=True)
+def gcert_input_region(mutation: Mutation, generator: Any, control: torch.Tensor, delta: float) -> Region:
+    if mutation.norm is not None:
+        return LpBall(control, abs(delta), mutation.norm, clip=getattr(generator, "value_range", None))
+    assert mutation.direction is not None
+    direction = mutation.direction(generator, control).to(control.dtype)
+    if direction.shape != control.shape:
+        raise ValueError(f"mutation {mutation.name!r} gave a direction of shape {tuple(direction.shape)} "
+                         f"for a control of shape {tuple(control.shape)}")
+    return Segment(control, control + delta * direction)
