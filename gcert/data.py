@@ -84,7 +84,10 @@ def _npz(path: Path) -> Dataset:
         raise InputError(f"{path}: images must be (N, C, H, W) or (N, H, W), got {tuple(images.shape)}")
     lkey = next((k for k in ("labels", "y", "Y") if k in archive.files), None)
     labels: list[int | None] = [int(v) for v in archive[lkey]] if lkey else [None] * len(images)
-    ids = [str(v) for v in archive["ids"]] if "ids" in archive.files else [f"{path.stem}:{i}" for i in range(len(images))]
+    if "ids" in archive.files:
+        ids = [str(v) for v in archive["ids"]]
+    else:
+        ids = [f"{path.stem}:{i}" for i in range(len(images))]
     if not len(labels) == len(ids) == len(images):
         raise InputError(f"{path}: {len(images)} images, {len(labels)} labels and {len(ids)} ids differ in number")
     return Dataset(images, labels, ids, str(path))

@@ -14,7 +14,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -176,7 +176,7 @@ class Context:
             outcome = certifier.certify(problem, self.options[task.certifier])
             _apply(cert, outcome, problem, certifier.guarantee)
         except Exception as exc:  # noqa: BLE001 - one failing task must not lose the others
-            cert.verdict, cert.error = "unknown", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            cert.verdict, cert.error = "unknown", _one_line(exc)
         cert.seconds = round(time.perf_counter() - start, 6)
         return cert
 
@@ -223,6 +223,11 @@ def confirm_witness(problem: Problem, t: torch.Tensor | None) -> Witness | None:
         return None
     return Witness(t=t[0].tolist(), control=control.reshape(-1).tolist(), outputs=outputs.reshape(-1).tolist(),
                    margin=margin)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _options_record(options: Any) -> dict[str, Any]:
@@ -351,7 +356,3 @@ def _check_same_model(store: ResultStore, ctx: Context) -> None:
             f"{store.path} holds results for another model ({other.get('source')}, "
             f"sha256 {str(other.get('sha256'))[:12]}); use a new --out"
         )
-
-
-def with_defaults(config: RunConfig, **changes: Any) -> RunConfig:
-    return replace(config, **changes)

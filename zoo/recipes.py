@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from gcert_zoo.architectures import ARCHITECTURES
 from safetensors.torch import save_file
 from torch import nn
-
-from gcert_zoo.architectures import ARCHITECTURES
 
 
 def sha256_file(path: Path) -> str:
