@@ -70,10 +70,54 @@ def load_model(ref: str | os.PathLike[str] | nn.Module, mean: list[float] | None
         if len(mean) != len(std):
             raise GcertError(f"--mean has {len(mean)} values but --std has {len(std)}")
         module = nn.Sequential(Normalize(mean, std), module)
-    module = module.float().eval().requires_grad_(False)
+    module = module.float().eval()
+    for p in module.parameters():
+        p.requires_grad_(False)  # ScriptModules lack Module.requires_grad_
     loaded.module = module
     loaded.sha256 = fingerprint(module)
     return loaded
+
+
+def traceable(module: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A torch.fx-traceable equivalent of ``module``: TorchScript goes through ONNX and gcert's importer.
+
+    Native certifiers read the network as an fx graph, which TorchScript does not offer; the round trip
+    is checked on ``example`` (a batch of inputs) and refused if the outputs differ by more than 1e-5.
+    """
+    if not isinstance(module, torch.jit.ScriptModule):
+        return module
+    import io
+    import warnings
+
+    from gcert.onnx_import import load_onnx
+
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example[:1],), buf, dynamo=False, input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot convert the TorchScript model for analysis ({_first_line(exc)}); "
+                             "export it to ONNX yourself and pass the .onnx file") from None
+    converted = load_onnx(onnx_model_from_bytes(buf.getvalue()))
+    with torch.no_grad():
+        diff = float((converted(example) - module(example)).abs().max())
+    if diff > 1e-5:
+        raise ModelLoadError(f"the TorchScript model changed by {diff:.2g} when converted for analysis; "
+                             "export it to ONNX yourself and pass the .onnx file")
+    return converted
+
+
+def onnx_model_from_bytes(data: bytes) -> object:
+    import onnx
+
+    return onnx.load_from_string(data)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _load_ref(ref: str) -> LoadedModel:

@@ -225,9 +225,9 @@ def collect(pm: pluggy.PluginManager) -> Registry:
 
 def _collect(reg: Registry, hook: str, table: dict[str, Entry], typ: type, kind: str) -> None:
     caller = getattr(reg.pm.hook, hook)
-    # pluggy calls later-registered plugins first; walk them in registration order instead,
-    # so the first plugin to claim a name keeps it.
-    for impl in reversed(caller.get_hookimpls()):
+    # get_hookimpls() lists plugins in registration order (pluggy calls them in reverse);
+    # walking it in this order means the first plugin to claim a name keeps it.
+    for impl in caller.get_hookimpls():
         plugin = impl.plugin_name
 
         def register(obj: Any, _plugin: str = plugin) -> None:

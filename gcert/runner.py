@@ -26,7 +26,7 @@ from gcert.certificate import Certificate, ResultStore, Witness, task_key
 from gcert.contracts import Outcome
 from gcert.data import Dataset, load_inputs
 from gcert.errors import GcertError, InputError
-from gcert.models import LoadedModel, load_model
+from gcert.models import LoadedModel, load_model, traceable
 from gcert.plugins import PluginSettings, Registry, load_registry
 from gcert.problem import Problem
 from gcert.regions import Reshape
@@ -245,10 +245,11 @@ def _fit_network(model: LoadedModel, data: Dataset) -> tuple[nn.Module, bool]:
     image_shape = tuple(data.images.shape[1:])
     declared = model.input_shape
     if declared is None or tuple(declared) == image_shape:
-        network = model.module
+        network = traceable(model.module, data.images[:4])
         reshaped = False
     elif math.prod(declared) == math.prod(image_shape):
-        network, reshaped = nn.Sequential(Reshape(tuple(declared)), model.module).eval(), True
+        inner = traceable(model.module, data.images[:4].reshape(-1, *declared))
+        network, reshaped = nn.Sequential(Reshape(tuple(declared)), inner).eval(), True
     else:
         raise InputError(
             f"images of {data.source} have shape {image_shape} but the model expects {tuple(declared)}; "

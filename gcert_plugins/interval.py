@@ -73,9 +73,10 @@ class IntervalCertifier(Certifier):
 def _probe_points(problem: Problem, n: int) -> torch.Tensor:
     region = problem.region
     points = [region.origin(), region.lower, region.upper, (region.lower + region.upper) / 2]
-    return torch.stack(points[: max(n, 1)]).to(region.lower.dtype)
+    return region.project(torch.stack(points[: max(n, 1)]).to(region.lower.dtype))
 
 
+@torch.no_grad()
 def output_bounds(network: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
     """Sound bounds of ``network`` over the box ``[lo, hi]`` (batch of boxes allowed)."""
     gm = trace(network)
@@ -129,6 +130,10 @@ def affine(x: Interval, fn: Callable[[torch.Tensor], torch.Tensor], fn_abs: Call
 
 def _linear(m: nn.Linear, x: Interval) -> Interval:
     return affine(x, m, lambda r: F.linear(r, m.weight.abs()), m.in_features, m.bias)
+
+
+def _linear_fn(fn: Any, x: Interval, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Interval:
+    return affine(x, lambda v: F.linear(v, weight, bias), lambda r: F.linear(r, weight.abs()), weight.shape[1], bias)
 
 
 def _conv(m: nn.Conv1d | nn.Conv2d, x: Interval) -> Interval:
@@ -318,6 +323,7 @@ FUNCTION_RULES: dict[Any, Callable[..., Any]] = {
     operator.matmul: _matmul, torch.matmul: _matmul,
     torch.cat: _cat, torch.concat: _cat,
     F.pad: _pad,
+    F.linear: _linear_fn,
     **{fn: _structural for fn in (
         torch.reshape, torch.flatten, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
         operator.getitem, torch.relu, F.relu, torch.sigmoid, torch.tanh, torch.atan, torch.clamp, torch.clip,

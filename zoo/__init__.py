@@ -1,1 +1,1 @@
-"""The gcert model zoo (installed as ``gcert_zoo``): manifest, weights, sample inputs and the code that rebuilds them."""
+"""The gcert model zoo (installed as ``gcert_zoo``): manifest, weights, samples and the code that rebuilds them."""
