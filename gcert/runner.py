@@ -76,11 +76,11 @@ class Context:
         model_ref, data_ref = config.model, config.data
         if model_ref is None:
             model_ref = zoo.default_network()
+        self.model: LoadedModel = load_model(model_ref, _opt_list(config.mean), _opt_list(config.std))
         if data_ref is None:
             if not isinstance(model_ref, str) or not zoo.has_network(model_ref):
                 raise InputError("give --data: only zoo networks come with sample inputs")
             data_ref = str(zoo.samples_path(model_ref))
-        self.model: LoadedModel = load_model(model_ref, _opt_list(config.mean), _opt_list(config.std))
         self.data = data_ref.head(config.limit) if isinstance(data_ref, Dataset) else load_inputs(
             data_ref, config.limit, config.input_shape)
         self.network, self.reshaped = _fit_network(self.model, self.data)

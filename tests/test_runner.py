@@ -161,7 +161,8 @@ def test_data_loads_from_csv_npz_and_image_folders(tmp_path):
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
     d = load_inputs(tmp_path / "d.csv")
     assert d.images.shape == (2, 1, 4, 4) and d.labels == [3, 7]
-    assert math.isclose(float(d.images[1].max()), 1.0) and math.isclose(float(d.images[0, 0, 0, 1]), 16 / 255, rel_tol=1e-6)
+    assert math.isclose(float(d.images[1].max()), 1.0)
+    assert math.isclose(float(d.images[0, 0, 0, 1]), 16 / 255, rel_tol=1e-6)
     folder = tmp_path / "imgs"
     (folder / "5").mkdir(parents=True)
     Image.fromarray(np.full((4, 4, 3), 128, dtype=np.uint8)).save(folder / "5" / "a.png")

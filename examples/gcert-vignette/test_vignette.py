@@ -1,6 +1,5 @@
-import torch
-
 import gcert_vignette
+import torch
 
 pytest_plugins = ["gcert.testing"]
 

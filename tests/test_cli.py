@@ -1,0 +1,120 @@
+"""The command line: listing, running, one-line errors with exit codes, and the conformance acceptance run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from gcert.certificate import read_certificates
+from gcert.cli import main
+from gcert.spec import Spec
+
+
+def gcert(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed console entry point, as a user runs it (separate process, real exit codes)."""
+    return subprocess.run([sys.executable, "-m", "gcert.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_list_json_shows_the_four_hooks_registrations_with_origin():
+    res = gcert("list", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    plugins = {p["name"]: p for p in data["plugins"]}
+    assert plugins["pixel"]["origin"] == "gcert" and plugins["pixel"]["version"] == data["gcert"]
+    assert "pixel" in plugins["pixel"]["generators"]
+    assert "linf" in plugins["pixel"]["mutations"]
+    assert plugins["interval"]["certifiers"] == ["interval"]
+    assert plugins["regions"]["input_region"] is True
+    assert data["certifiers"]["sampling"]["guarantee"] == "falsifier"
+    assert data["mutations"]["brightness"]["unit"] == "intensity"
+
+
+def _run_main(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+        raise SystemExit(0)
+    return int(exc.value.code or 0), capsys.readouterr().err
+
+
+def test_unknown_mutation_and_certifier_list_the_known_ones(capsys, tmp_path):
+    code, err = _run_main(capsys, "run", "-c", "interval", "-m", "fog", "--out", str(tmp_path / "r.jsonl"))
+    assert code == 2
+    assert err.strip() == ("gcert: error: unknown mutation 'fog'; known mutations: "
+                           "brightness, contrast, l1, l2, linf")
+    code, err = _run_main(capsys, "run", "-c", "crwn", "-m", "linf", "--out", str(tmp_path / "r.jsonl"))
+    assert code == 2 and "known certifiers: interval, sampling" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_model_data_and_option_are_one_line_errors(capsys, tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
+    cases = [
+        (["--model", str(tmp_path / "junk.onnx")], "cannot read ONNX model"),
+        (["--model", "nope.onnx"], "does not exist"),
+        (["--data", str(tmp_path / "none.npz")], "does not exist"),
+        (["-o", "bogus=1"], "has no option 'bogus'"),
+        (["--mean", "0.5"], "give both --mean and --std"),
+    ]
+    for extra, message in cases:
+        code, err = _run_main(capsys, "run", "-c", "interval", "-m", "linf", "--out", str(tmp_path / "r.jsonl"),
+                              *extra)
+        assert code == 2, (extra, err)
+        assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
+def test_wrong_image_shape_names_both_shapes(capsys, tmp_path):
+    np.savez(tmp_path / "big.npz", images=np.zeros((2, 1, 9, 9), dtype=np.float32))
+    code, err = _run_main(capsys, "run", "-c", "interval", "-m", "linf", "--data", str(tmp_path / "big.npz"),
+                          "--out", str(tmp_path / "r.jsonl"))
+    assert code == 2 and "shape (1, 9, 9) but the model expects (1, 8, 8)" in err
+
+
+def test_default_job_runs_on_the_zoo_and_resumes(tmp_path):
+    out = tmp_path / "r.jsonl"
+    args = ("run", "-c", "interval", "-c", "sampling", "-m", "linf", "--delta", "0.002,0.01", "--limit", "5",
+            "--out", str(out), "-q")
+    first = gcert(*args)
+    assert first.returncode == 0, first.stderr
+    assert "using zoo network 'digits-cnn'" in first.stderr and "20 new records" in first.stderr
+    certs = read_certificates(out)
+    assert len(certs) == 20 and {c.model["source"] for c in certs} == {"zoo:digits-cnn"}
+    second = gcert(*args)
+    assert second.returncode == 0 and "0 new records" in second.stderr
+    assert len(read_certificates(out)) == 20
+
+
+@pytest.mark.conformance
+def test_acceptance_run_on_eran_convsmall(conformance, tmp_path):
+    """The issue's acceptance command: 20 valid records, no new work on rerun, confirmed witnesses."""
+    model = conformance / "networks" / "convSmallRELU__Point.onnx"
+    data = conformance / "mnist_test_100.csv"
+    out = tmp_path / "r.jsonl"
+    args = ("run", "--certifier", "interval", "--mutation", "linf", "--delta", "0.005", "--model", str(model),
+            "--data", str(data), "--limit", "20", "--out", str(out), "-q")
+    res = gcert(*args)
+    assert res.returncode == 0, res.stderr
+    certs = read_certificates(out)
+    assert len(certs) == 20 and len({c.input for c in certs}) == 20
+    assert all(c.error is None and c.verdict in ("certified", "falsified", "unknown") for c in certs)
+    assert sum(c.verdict == "certified" for c in certs) >= 10  # ERAN's ConvSmall is robust at 0.005 for most
+    again = gcert(*args)
+    assert again.returncode == 0 and "0 new records" in again.stderr and len(read_certificates(out)) == 20
+
+    from gcert.onnx_import import load_onnx
+
+    net = load_onnx(model)
+    for c in certs:
+        if c.verdict == "falsified":
+            x = torch.tensor(c.witness.control, dtype=torch.float32).reshape(1, 1, 28, 28)
+            assert float(Spec.top1(c.label, 10).margin(net(x))) <= 0
+    # falsified records occur here: misclassified clean inputs are falsified at the centre of the ball
+    labels = np.loadtxt(data, delimiter=",", max_rows=20)[:, 0].astype(int)
+    images = torch.tensor(np.loadtxt(data, delimiter=",", max_rows=20)[:, 1:] / 255.0, dtype=torch.float32)
+    wrong = (net(images.reshape(-1, 1, 28, 28)).argmax(1).numpy() != labels).nonzero()[0]
+    for i in wrong:
+        assert certs[[c.input for c in certs].index(f"mnist_test_100:{i}")].verdict == "falsified"
