@@ -118,3 +118,29 @@ def test_acceptance_run_on_eran_convsmall(conformance, tmp_path):
     wrong = (net(images.reshape(-1, 1, 28, 28)).argmax(1).numpy() != labels).nonzero()[0]
     for i in wrong:
         assert certs[[c.input for c in certs].index(f"mnist_test_100:{i}")].verdict == "falsified"
+
+
+@pytest.mark.conformance
+@pytest.mark.parametrize("net", ["vnncomp2021/mnistfc/mnist-net_256x2.onnx",
+                                 "vnncomp2021/eran/nets/ffnnSIGMOID__Point_6x200.onnx",
+                                 "vnncomp2021/verivital/Convnet_maxpool.onnx"])
+def test_interval_never_certifies_what_sampling_falsifies_on_real_networks(conformance, tmp_path, net):
+    """Agreement between independent certifiers on real networks (incl. a [1, 784, 1] input layout)."""
+    from gcert.runner import RunConfig, run
+    from gcert.testing import BUILTINS_ONLY
+
+    out = tmp_path / "r.jsonl"
+    config = RunConfig(mutations=("linf",), certifiers=("interval", "sampling"), model=str(conformance / net),
+                       data=str(conformance / "mnist_test_100.csv"), deltas=(0.01, 0.03), limit=15,
+                       plugins=BUILTINS_ONLY)
+    run(config, out, workers=1, progress=False)
+    by: dict[tuple[str, float], dict[str, object]] = {}
+    for c in read_certificates(out):
+        assert c.error is None
+        by.setdefault((c.input, c.delta), {})[c.certifier] = c
+    assert len(by) == 30
+    for pair in by.values():
+        interval, sampling = pair["interval"], pair["sampling"]
+        assert not (interval.verdict == "certified" and sampling.verdict == "falsified")
+        if interval.verdict == "certified":
+            assert interval.margin_lower <= sampling.margin_upper
