@@ -167,15 +167,15 @@ def _summary_text(summary: Any, out: str) -> str:
     head = f"{summary.written} new records in {out}"
     if summary.done_before:
         head += f" ({summary.done_before} were already there)"
-    counts: Counter[tuple[str, str, float, str]] = Counter(
-        (c.mutation, c.certifier, c.delta, c.verdict) for c in read_certificates(out))
+    certs = read_certificates(out)
+    counts: Counter[tuple[str, str, float, str]] = Counter((c.mutation, c.certifier, c.delta, c.verdict) for c in certs)
     groups = sorted({k[:3] for k in counts})
     lines = [head]
     for m, c, d in groups:
         parts = ", ".join(f"{v} {counts[(m, c, d, v)]}" for v in ("certified", "falsified", "unknown")
                           if counts[(m, c, d, v)])
         lines.append(f"  {m} delta={d:g} {c}: {parts}")
-    errors = sum(1 for c in read_certificates(out) if c.error)
+    errors = sum(1 for c in certs if c.error)
     if errors:
         lines.append(f"  {errors} records carry an error (see their 'error' field)")
     return "\n".join(lines)

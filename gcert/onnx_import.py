@@ -438,17 +438,23 @@ def _pad_spatial(b: _Builder, x: _Tensor, begin: Sequence[int], end: Sequence[in
     return b.function(F.pad, x, pads, "constant", value)
 
 
-def _conv(c: _NodeCtx) -> list[_Value]:
+def _conv_operands(c: _NodeCtx, what: str) -> tuple[_Tensor, np.ndarray, np.ndarray | None, int, list[int],
+                                                    list[int], list[int], int]:
+    """Input, weight, bias, spatial rank, kernel, strides, dilations and group of a Conv/ConvTranspose node."""
     x = c.tensor(0)
     weight = c.const(1, "the weight")
     bias = c.optional_const(2, "the bias")
     k = weight.ndim - 2
     if k not in (1, 2) or x.rank != k + 2:
-        raise c.unsupported(f"only 1-D and 2-D convolutions are supported, not {k}-D")
+        raise c.unsupported(f"only 1-D and 2-D {what} are supported, not {k}-D")
     kernel = list(weight.shape[2:])
     strides = list(c.attrs.get("strides", [1] * k))
     dilations = list(c.attrs.get("dilations", [1] * k))
-    group = int(c.attrs.get("group", 1))
+    return x, weight, bias, k, kernel, strides, dilations, int(c.attrs.get("group", 1))
+
+
+def _conv(c: _NodeCtx) -> list[_Value]:
+    x, weight, bias, k, kernel, strides, dilations, group = _conv_operands(c, "convolutions")
     begin, end = _resolve_pads(c, x.shape[1:], kernel, strides, dilations)
     padding = begin
     if begin != end:
@@ -469,17 +475,8 @@ def _set_params(module: nn.Module, weight: np.ndarray, bias: np.ndarray | None) 
 
 
 def _conv_transpose(c: _NodeCtx) -> list[_Value]:
-    x = c.tensor(0)
-    weight = c.const(1, "the weight")
-    bias = c.optional_const(2, "the bias")
-    k = weight.ndim - 2
-    if k not in (1, 2) or x.rank != k + 2:
-        raise c.unsupported(f"only 1-D and 2-D transposed convolutions are supported, not {k}-D")
-    kernel = list(weight.shape[2:])
-    strides = list(c.attrs.get("strides", [1] * k))
-    dilations = list(c.attrs.get("dilations", [1] * k))
+    x, weight, bias, k, kernel, strides, dilations, group = _conv_operands(c, "transposed convolutions")
     out_pad = list(c.attrs.get("output_padding", [0] * k))
-    group = int(c.attrs.get("group", 1))
     spatial = x.shape[1:]
     full = [s * (n - 1) + op + (kk - 1) * d + 1
             for n, kk, s, d, op in zip(spatial, kernel, strides, dilations, out_pad, strict=True)]
