@@ -46,3 +46,12 @@ class UnsupportedOperatorError(ModelLoadError):
         if hint:
             msg += f"; {hint}"
         super().__init__(msg)
+
+
+def one_line(exc: BaseException, with_type: bool = True) -> str:
+    """The first line of an exception's message, for records and warnings that must stay one line."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if not with_type:
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from gcert.errors import UnsupportedOperatorError
+from gcert.errors import UnsupportedOperatorError, one_line
 
 
 class _Tracer(fx.Tracer):
@@ -28,7 +28,7 @@ def trace(module: nn.Module, dtype: torch.dtype = torch.float64) -> fx.GraphModu
         graph = _Tracer().trace(root)
     except Exception as exc:  # noqa: BLE001 - tracing errors name a Python construct, say which
         raise UnsupportedOperatorError(
-            type(exc).__name__, "the network (torch.fx cannot trace it)", hint=str(exc).splitlines()[0]
+            type(exc).__name__, "the network (torch.fx cannot trace it)", hint=one_line(exc, with_type=False)
         ) from exc
     return fx.GraphModule(root, graph)
 

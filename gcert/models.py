@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gcert.errors import GcertError, ModelLoadError
+from gcert.errors import GcertError, ModelLoadError, one_line
 
 
 @dataclass
@@ -98,7 +98,7 @@ def traceable(module: nn.Module, example: torch.Tensor) -> nn.Module:
             torch.onnx.export(module, (example[:1],), buf, dynamo=False, input_names=["x"], output_names=["y"],
                               dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot convert the TorchScript model for analysis ({_first_line(exc)}); "
+        raise ModelLoadError(f"cannot convert the TorchScript model for analysis ({one_line(exc, with_type=False)}); "
                              "export it to ONNX yourself and pass the .onnx file") from None
     converted = load_onnx(onnx_model_from_bytes(buf.getvalue()))
     with torch.no_grad():
@@ -113,11 +113,6 @@ def onnx_model_from_bytes(data: bytes) -> object:
     import onnx
 
     return onnx.load_from_string(data)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _load_ref(ref: str) -> LoadedModel:
@@ -138,9 +133,8 @@ def _load_ref(ref: str) -> LoadedModel:
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
-                f"cannot read {ref} as TorchScript ({first}); gcert loads .onnx, TorchScript "
+                f"cannot read {ref} as TorchScript ({one_line(exc, with_type=False)}); gcert loads .onnx, TorchScript "
                 "(torch.jit.save) and module:attr objects"
             ) from None
         return LoadedModel(module, None, str(path), "")

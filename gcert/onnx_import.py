@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from gcert.errors import ModelLoadError, UnsupportedOperatorError
+from gcert.errors import ModelLoadError, UnsupportedOperatorError, one_line
 
 __all__ = [
     "FUNCTION_VOCABULARY",
@@ -881,8 +881,7 @@ def _read(source: OnnxSource) -> tuple[onnx.ModelProto, str, str]:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf and I/O raise many unrelated types
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"cannot read ONNX model {path}: {reason}") from None
+        raise ModelLoadError(f"cannot read ONNX model {path}: {one_line(exc, with_type=False)}") from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"cannot read ONNX model {path}: it holds no graph")
     return model, path.name, str(path)
@@ -898,8 +897,7 @@ def _fold(c: _NodeCtx) -> list[_Value]:
         evaluator = ReferenceEvaluator(node, opsets={"": c.b.opset})
         results = evaluator.run(None, feeds)
     except Exception as exc:  # the reference evaluator raises arbitrary types for unknown ops
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise c.unsupported(f"evaluating it on constant inputs failed ({reason})") from None
+        raise c.unsupported(f"evaluating it on constant inputs failed ({one_line(exc)})") from None
     return [np.asarray(r) for r in results]
 
 
@@ -968,8 +966,7 @@ def load_onnx(path_or_model: OnnxSource) -> fx.GraphModule:
                 # a missing required attribute.
                 if isinstance(exc, KeyError):
                     raise ModelLoadError(f"{c.where} lacks the required attribute {exc}") from None
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ModelLoadError(f"{c.where} does not fit its inputs: {reason}") from None
+                raise ModelLoadError(f"{c.where} does not fit its inputs: {one_line(exc, with_type=False)}") from None
         else:
             raise UnsupportedOperatorError(
                 node.op_type, c.where,

@@ -23,7 +23,7 @@ from torch import nn
 
 from gcert import hookspecs
 from gcert.contracts import GUARANTEES, Certifier, GeneratorSpec, Mutation
-from gcert.errors import GcertError, PluginError, UnknownNameError
+from gcert.errors import GcertError, PluginError, UnknownNameError, one_line
 
 PROJECT = "gcert"
 # Used only when gcert runs from a source tree that was never installed (no entry points).
@@ -113,7 +113,7 @@ def _load(pm: pluggy.PluginManager, infos: list[PluginInfo], name: str, target: 
             raise PluginError(f"plugin name {name!r} is already taken by {other.origin if other else 'another'}")
         pm.register(obj, name=name)
     except Exception as exc:  # noqa: BLE001 - any import failure of a plugin is reported, not fatal
-        infos.append(PluginInfo(name, origin, version, target, error=_one_line(exc)))
+        infos.append(PluginInfo(name, origin, version, target, error=one_line(exc)))
         return
     infos.append(PluginInfo(name, origin, version, target))
 
@@ -140,11 +140,6 @@ def _own_version() -> str:
     from gcert import __version__
 
     return __version__
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 @dataclass
@@ -193,7 +188,7 @@ class Registry:
             except GcertError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                raise PluginError(f"generator {name!r} failed to load: {_one_line(exc)}") from exc
+                raise PluginError(f"generator {name!r} failed to load: {one_line(exc)}") from exc
             self._loaded[name] = module.eval().requires_grad_(False)
         return self._loaded[name]
 
@@ -244,7 +239,7 @@ def _collect(reg: Registry, hook: str, table: dict[str, Entry], typ: type, kind:
         try:
             impl.function(**{k: kwargs[k] for k in impl.argnames if k in kwargs})
         except Exception as exc:  # noqa: BLE001 - a failing plugin is reported, the rest still load
-            reg.problems.append(f"plugin {plugin!r} failed in {hook}: {_one_line(exc)}")
+            reg.problems.append(f"plugin {plugin!r} failed in {hook}: {one_line(exc)}")
 
 
 def _check(obj: Any, typ: type, kind: str, plugin: str, table: dict[str, Entry]) -> str | None:
@@ -252,7 +247,7 @@ def _check(obj: Any, typ: type, kind: str, plugin: str, table: dict[str, Entry])
         try:
             obj = obj()
         except Exception as exc:  # noqa: BLE001
-            return f"plugin {plugin!r}: certifier class {obj.__name__} cannot be built: {_one_line(exc)}"
+            return f"plugin {plugin!r}: certifier class {obj.__name__} cannot be built: {one_line(exc)}"
     if not isinstance(obj, typ):
         return f"plugin {plugin!r} registered {obj!r} as a {kind}; expected a {typ.__name__}"
     name = getattr(obj, "name", None)

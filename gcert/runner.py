@@ -25,7 +25,7 @@ from gcert import __version__
 from gcert.certificate import Certificate, ResultStore, Witness, task_key
 from gcert.contracts import Outcome
 from gcert.data import Dataset, load_inputs
-from gcert.errors import GcertError, InputError
+from gcert.errors import GcertError, InputError, one_line
 from gcert.models import LoadedModel, load_model, traceable
 from gcert.plugins import PluginSettings, Registry, load_registry
 from gcert.problem import Problem
@@ -176,7 +176,7 @@ class Context:
             outcome = certifier.certify(problem, self.options[task.certifier])
             _apply(cert, outcome, problem, certifier.guarantee)
         except Exception as exc:  # noqa: BLE001 - one failing task must not lose the others
-            cert.verdict, cert.error = "unknown", _one_line(exc)
+            cert.verdict, cert.error = "unknown", one_line(exc)
         cert.seconds = round(time.perf_counter() - start, 6)
         return cert
 
@@ -225,11 +225,6 @@ def confirm_witness(problem: Problem, t: torch.Tensor | None) -> Witness | None:
                    margin=margin)
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def _options_record(options: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
@@ -260,7 +255,7 @@ def _fit_network(model: LoadedModel, data: Dataset) -> tuple[nn.Module, bool]:
             network(data.images[:1])
     except Exception as exc:  # noqa: BLE001
         raise InputError(
-            f"the model fails on inputs of shape {image_shape}: {str(exc).strip().splitlines()[0]}"
+            f"the model fails on inputs of shape {image_shape}: {one_line(exc, with_type=False)}"
         ) from None
     return network, reshaped
 
