@@ -358,11 +358,20 @@ def _batchnorm(b: _Builder, m: nn.modules.batchnorm._BatchNorm, x: Var) -> Var:
 
 
 def _linear_pool(b: _Builder, m: nn.Module, x: Var) -> Var:
-    """Average pooling: linear with non-negative weights (so |A| = A)."""
-    fan = math.prod(getattr(m, "kernel_size", (1,)) if isinstance(getattr(m, "kernel_size", 1), tuple)
-                    else (m.kernel_size,) * (x.example.dim() - 2)) if hasattr(m, "kernel_size") else \
+    """Average pooling: linear with non-negative weights (so |A| = A); fan-in is the window size."""
+    k = getattr(m, "kernel_size", None)
+    spatial = x.example.dim() - 2
+    fan = math.prod(k) if isinstance(k, tuple) else int(k) ** spatial if k is not None else \
         math.prod(x.example.shape[2:])
     return b.affine(x, m, 0.0, m, fan, type(m).__name__)
+
+
+def _avg_pool_fn(b: _Builder, fn: Any, x: Var, kernel_size: Any, *args: Any, **kwargs: Any) -> Var:
+    def pool(v: Tensor) -> Tensor:
+        return fn(v, kernel_size, *args, **kwargs)
+
+    fan = math.prod(kernel_size) if isinstance(kernel_size, tuple | list) else int(kernel_size) ** 2
+    return b.affine(x, pool, 0.0, pool, fan, "avg_pool2d")
 
 
 def _structural_module(b: _Builder, m: nn.Module, x: Var) -> Var:
@@ -610,6 +619,7 @@ FUNCTION_RULES: dict[Any, Callable[..., Any]] = {
     torch.tanh: _activation("tanh"), F.tanh: _activation("tanh"),
     torch.atan: _activation("atan"),
     F.max_pool2d: _maxpool_fn,
+    F.avg_pool2d: _avg_pool_fn,
     torch.reshape: _reshape_like, torch.flatten: _reshape_like,
     torch.permute: _index_like, torch.transpose: _index_like, torch.squeeze: _index_like,
     torch.unsqueeze: _index_like, operator.getitem: _index_like,
