@@ -107,54 +107,81 @@ def list_cmd(as_json: bool) -> None:
         sys.exit(EXIT_PLUGIN_PROBLEMS)
 
 
+_JOB_OPTIONS = [
+    click.option("-c", "--certifier", "certifiers", multiple=True, required=True,
+                 help="Certifier name (repeatable); `gcert list` shows them."),
+    click.option("-m", "--mutation", "mutations", multiple=True, required=True,
+                 help="Mutation name (repeatable); `gcert list` shows them."),
+    click.option("--model", default=None, help="Zoo network, .onnx, TorchScript file, or module:attr. "
+                 "Default: the zoo's default network."),
+    click.option("--data", default=None, help="Folder of images, .npz or .csv. Default: the zoo network's samples."),
+    click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N inputs."),
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="Worker processes (default: one per core when there is enough work)."),
+    click.option("--mean", default=None, help="Per-channel mean the model normalises with, e.g. 0.1307."),
+    click.option("--std", default=None, help="Per-channel std the model normalises with, e.g. 0.3081."),
+    click.option("--input-shape", default=None, help="C,H,W of CSV rows that are not square images."),
+    click.option("--labels", type=click.Choice(["auto", "data", "predicted"]), default="auto", show_default=True,
+                 help="Class to keep: the data's label, or the model's prediction on the clean input."),
+    click.option("--tau", type=float, default=None, help="Regression models: allowed change of the output."),
+    click.option("-o", "--option", "option_items", multiple=True,
+                 help="Certifier option key=value (or certifier.key=value); repeatable."),
+    click.option("--plugin", "extra_plugins", multiple=True, help="Also load this module as a plugin."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+]
+
+
+def _job_options(fn: Any) -> Any:
+    for option in reversed(_JOB_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
-@click.option("-c", "--certifier", "certifiers", multiple=True, required=True,
-              help="Certifier name (repeatable); `gcert list` shows them.")
-@click.option("-m", "--mutation", "mutations", multiple=True, required=True,
-              help="Mutation name (repeatable); `gcert list` shows them.")
-@click.option("--model", default=None, help="Zoo network, .onnx, TorchScript file, or module:attr. "
-              "Default: the zoo's default network.")
-@click.option("--data", default=None, help="Folder of images, .npz or .csv. Default: the zoo network's samples.")
+@_job_options
 @click.option("--delta", default=None, help="Mutation strength(s), comma-separated, in the mutation's unit.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N inputs.")
 @click.option("--out", default="gcert-results.jsonl", show_default=True, type=click.Path(dir_okay=False),
               help="JSONL results; a rerun with the same file resumes.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: one per core when there is enough work).")
-@click.option("--mean", default=None, help="Per-channel mean the model normalises with, e.g. 0.1307.")
-@click.option("--std", default=None, help="Per-channel std the model normalises with, e.g. 0.3081.")
-@click.option("--input-shape", default=None, help="C,H,W of CSV rows that are not square images.")
-@click.option("--labels", type=click.Choice(["auto", "data", "predicted"]), default="auto", show_default=True,
-              help="Class to keep: the data's label, or the model's prediction on the clean input.")
-@click.option("--tau", type=float, default=None, help="Regression models: allowed change of the output.")
-@click.option("-o", "--option", "option_items", multiple=True,
-              help="Certifier option key=value (or certifier.key=value); repeatable.")
-@click.option("--plugin", "extra_plugins", multiple=True, help="Also load this module as a plugin.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def run(certifiers: tuple[str, ...], mutations: tuple[str, ...], model: str | None, data: str | None,
-        delta: str | None, limit: int | None, out: str, workers: int | None, mean: str | None, std: str | None,
-        input_shape: str | None, labels: str, tau: float | None, option_items: tuple[str, ...],
-        extra_plugins: tuple[str, ...], quiet: bool) -> None:
+def run(**options: Any) -> None:
     """Certify a network's decisions under mutations; one JSON record per (input, mutation, delta, certifier)."""
+    _execute(options, tolerance_steps=None)
+
+
+@cli.command()
+@_job_options
+@click.option("--delta", default=None, help="Largest strength to search up to (default: the mutation's default); "
+              "a negative value searches the other direction.")
+@click.option("--steps", type=click.IntRange(min=0), default=12, show_default=True,
+              help="Bisection steps for certifiers that do not report the tolerance themselves.")
+@click.option("--out", default="gcert-tolerance.jsonl", show_default=True, type=click.Path(dir_okay=False),
+              help="JSONL results (max_delta per record); a rerun with the same file resumes.")
+def tolerance(steps: int, **options: Any) -> None:
+    """The largest certified strength of each mutation per input (exact for exactline, a bound otherwise)."""
+    _execute(options, tolerance_steps=steps)
+
+
+def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
     from gcert import zoo
     from gcert.plugins import PluginSettings
     from gcert.runner import Context, RunConfig
     from gcert.runner import run as run_jobs
 
     config = RunConfig(
-        mutations=mutations, certifiers=certifiers, model=model, data=data, deltas=_floats(delta, "--delta"),
-        options=_parse_options(option_items, certifiers), mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-        input_shape=_ints(input_shape, "--input-shape"), limit=limit, labels=labels, tau=tau,
-        plugins=PluginSettings.from_env(extra=extra_plugins),
+        mutations=o["mutations"], certifiers=o["certifiers"], model=o["model"], data=o["data"],
+        deltas=_floats(o["delta"], "--delta"), options=_parse_options(o["option_items"], o["certifiers"]),
+        mean=_floats(o["mean"], "--mean"), std=_floats(o["std"], "--std"),
+        input_shape=_ints(o["input_shape"], "--input-shape"), limit=o["limit"], labels=o["labels"], tau=o["tau"],
+        tolerance_steps=tolerance_steps, plugins=PluginSettings.from_env(extra=o["extra_plugins"]),
     )
     ctx = Context(config)
     for line in ctx.registry.problems + [f"plugin {p.name}: {p.error}" for p in ctx.registry.plugins if p.error]:
         click.echo(f"gcert: warning: {line}", err=True)
-    if model is None or data is None:
-        net = model or zoo.default_network()
-        click.echo(f"using zoo network {net!r}" + ("" if data else f" and its {len(ctx.data)} sample inputs"),
+    if o["model"] is None or o["data"] is None:
+        net = o["model"] or zoo.default_network()
+        click.echo(f"using zoo network {net!r}" + ("" if o["data"] else f" and its {len(ctx.data)} sample inputs"),
                    err=True)
-    summary = run_jobs(config, out, workers=workers, progress=not quiet, context=ctx)
+    out = o["out"]
+    summary = run_jobs(config, out, workers=o["workers"], progress=not o["quiet"], context=ctx)
     click.echo(_summary_text(summary, out), err=True)
     if summary.interrupted:
         click.echo(f"interrupted: {out} holds every finished record; rerun the same command to resume", err=True)
@@ -174,6 +201,10 @@ def _summary_text(summary: Any, out: str) -> str:
     for m, c, d in groups:
         parts = ", ".join(f"{v} {counts[(m, c, d, v)]}" for v in ("certified", "falsified", "unknown")
                           if counts[(m, c, d, v)])
+        found = [x.max_delta for x in certs if (x.mutation, x.certifier, x.delta) == (m, c, d)
+                 and x.max_delta is not None]
+        if found:
+            parts += f"; largest certified delta: mean {sum(found) / len(found):.4g}, min {min(found, key=abs):.4g}"
         lines.append(f"  {m} delta={d:g} {c}: {parts}")
     errors = sum(1 for c in certs if c.error)
     if errors:

@@ -49,6 +49,7 @@ class RunConfig:
     limit: int | None = None
     labels: str = "auto"  # auto (data labels when present), data, predicted
     tau: float | None = None  # regression specs: allowed output change
+    tolerance_steps: int | None = None  # set: search the largest certified delta in [0, delta] per task
     plugins: PluginSettings = field(default_factory=PluginSettings.from_env)
 
 
@@ -156,7 +157,45 @@ class Context:
         return (self.config.deltas or (self.mutations[mutation].default_delta,))[0]
 
     def solve(self, task: Task) -> Certificate:
-        """Run one task; failures become records with an ``error`` instead of stopping the run."""
+        """Run one task (or its tolerance search); failures become records with an ``error``."""
+        if self.config.tolerance_steps is not None:
+            return self.tolerance(task, self.config.tolerance_steps)
+        return self.certify(task)
+
+    def tolerance(self, task: Task, steps: int) -> Certificate:
+        """The largest certified strength in [0, task.delta] (DeepCert's Algorithm 1 for sound certifiers).
+
+        A certifier that reports ``max_delta`` (exactline) answers in one call. Otherwise the strength is
+        bisected ``steps`` times: ``max_delta`` is then a certified lower bound, and ``details`` says at
+        which strength a counterexample was found, if one was (an upper bound on the true tolerance).
+        """
+        start = time.perf_counter()
+        cert = self.certify(task)
+        probes: list[tuple[float, str]] = [(task.delta, cert.verdict)]
+        if cert.error is not None:
+            search = "failed"
+        elif cert.max_delta is not None:
+            search = "reported by the certifier"
+        elif cert.verdict == "certified":
+            search, cert.max_delta = "certified at delta", task.delta
+        else:
+            # The regions are nested (a smaller strength reaches a subset), so any certified strength
+            # certifies everything below it: the bisection's lower end is always a sound answer.
+            search, lo, hi = "bisection", 0.0, task.delta
+            for _ in range(steps):
+                mid = (lo + hi) / 2
+                verdict = self.certify(Task(task.index, task.input_id, task.mutation, mid, task.certifier)).verdict
+                probes.append((mid, verdict))
+                lo, hi = (mid, hi) if verdict == "certified" else (lo, mid)
+            cert.max_delta = lo
+        falsified = [d for d, v in probes if v == "falsified"]
+        cert.details["tolerance"] = {"search": search, "probes": [[d, v] for d, v in probes],
+                                     "falsified_at": min(falsified, key=abs) if falsified else None}
+        cert.seconds = round(time.perf_counter() - start, 6)
+        return cert
+
+    def certify(self, task: Task) -> Certificate:
+        """Run one certification task; failures become records with an ``error`` instead of stopping the run."""
         start = time.perf_counter()
         certifier = self.certifiers[task.certifier]
         mutation = self.mutations[task.mutation]

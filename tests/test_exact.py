@@ -179,3 +179,33 @@ def test_exactline_refuses_regions_that_are_not_segments():
                       Spec.top1(0, 4))
     with pytest.raises(GcertError, match="certifies segments.*36-dimensional lp-ball"):
         EXACT.prepare(problem)
+
+
+def test_tolerance_is_exact_for_exactline_and_a_certified_bound_for_interval(tmp_path):
+    """`gcert tolerance`: exactline's max_delta is where sampling first fails; interval's is certified."""
+    from gcert.certificate import read_certificates
+    from gcert.runner import Context, RunConfig, run
+    from gcert.testing import BUILTINS_ONLY
+
+    config = RunConfig(mutations=("brightness",), certifiers=("exactline", "interval"), deltas=(3.0,), limit=4,
+                       tolerance_steps=8, plugins=BUILTINS_ONLY)
+    out = tmp_path / "tol.jsonl"
+    ctx = Context(config)
+    run(config, out, workers=1, progress=False, context=ctx)
+    certs = {(c.input, c.certifier): c for c in read_certificates(out)}
+    assert len(certs) == 8
+    for (input_id, certifier), cert in certs.items():
+        index = ctx.data.ids.index(input_id)
+        problem, _ = ctx.problem(ctx.tasks()[0].__class__(index, input_id, "brightness", 3.0, certifier))
+        ts = torch.linspace(0, 1, 30_001, dtype=torch.float64).reshape(-1, 1)
+        with torch.no_grad():
+            margins = problem.spec.margin(copy.deepcopy(problem.composed()).double()(ts))
+        strengths = 3.0 * ts[:, 0]
+        holds_below = bool((margins[strengths < cert.max_delta - 1e-9] > 0).all())
+        assert holds_below, (input_id, certifier)  # nothing fails below the reported tolerance
+        if certifier == "exactline":
+            assert cert.details["tolerance"]["search"] == "reported by the certifier"
+            if cert.verdict == "falsified":  # and something fails just above it
+                assert bool((margins[(strengths > cert.max_delta) & (strengths < cert.max_delta + 3e-3)] <= 0).any())
+        else:
+            assert cert.max_delta <= certs[(input_id, "exactline")].max_delta + 1e-9
