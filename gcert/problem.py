@@ -39,6 +39,7 @@ class Problem:
     spec: Spec
     meta: dict[str, Any] = field(default_factory=dict)
     _composed: ComposedNetwork | None = field(default=None, init=False, repr=False)
+    _lowered: Any = field(default=None, init=False, repr=False)
 
     def composed(self) -> ComposedNetwork:
         """N, built once; in eval mode and without gradients on its parameters."""
@@ -47,6 +48,14 @@ class Problem:
             n.requires_grad_(False)
             self._composed = n
         return self._composed
+
+    def lowered(self) -> Any:
+        """N lowered into primitive float64 ops (:mod:`gcert.lowering`), built once and shared by native certifiers."""
+        if self._lowered is None:
+            from gcert.lowering import lower
+
+            self._lowered = lower(self.composed(), (self.region.dim,))
+        return self._lowered
 
     @property
     def dtype(self) -> torch.dtype:

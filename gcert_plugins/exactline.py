@@ -16,7 +16,7 @@ import torch
 import gcert
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError, UnsupportedOperatorError
-from gcert.lowering import SMOOTH_CAPABLE, Lowered, lower
+from gcert.lowering import SMOOTH_CAPABLE, Lowered
 from gcert.pieces import Pieces, propagate, start
 from gcert.problem import Problem
 from gcert.spec import Spec
@@ -73,7 +73,7 @@ def lower_composed(problem: Problem, certifier: str) -> Lowered:
             f"{certifier} certifies segments (one-dimensional regions); this problem's region is a "
             f"{problem.region.dim}-dimensional {problem.region.kind}: use interval, sampling or crown for it"
         )
-    return lower(problem.composed(), (1,))
+    return problem.lowered()
 
 
 def analyse_segment(lowered: Lowered, spec: Spec, lo: float = 0.0, hi: float = 1.0,

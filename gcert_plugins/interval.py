@@ -33,11 +33,12 @@ class IntervalCertifier(Certifier):
     Options = IntervalOptions
 
     def prepare(self, problem: Problem) -> None:
-        lower(problem.composed(), (problem.region.dim,))
+        problem.lowered()
 
     def certify(self, problem: Problem, options: IntervalOptions) -> Outcome:
         region = problem.region
-        out = output_bounds(problem.composed(), region.lower.unsqueeze(0), region.upper.unsqueeze(0))
+        lo, hi = region.lower.unsqueeze(0).double(), region.upper.unsqueeze(0).double()
+        out = forward_boxes(problem.lowered(), {-1: Box(lo, hi)})
         spec = problem.spec
         C, d = spec.C.double(), spec.d.double()
         rows = affine_box(Affine(lambda x: x @ C.T, d, lambda x: x @ C.abs().T, C.shape[1]),

@@ -209,3 +209,20 @@ def test_tolerance_is_exact_for_exactline_and_a_certified_bound_for_interval(tmp
                 assert bool((margins[(strengths > cert.max_delta) & (strengths < cert.max_delta + 3e-3)] <= 0).any())
         else:
             assert cert.max_delta <= certs[(input_id, "exactline")].max_delta + 1e-9
+
+
+def test_many_segments_travel_together_with_the_same_breakpoints():
+    """The engine carries several segments in one batch; each gets exactly its own pieces."""
+    from gcert.pieces import propagate, start
+
+    net = pwl_network(1).double()
+    lowered = lower(net, (1, 6, 6))
+    gen = torch.Generator().manual_seed(5)
+    starts = torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64)
+    ends = starts + 2 * torch.randn(4, 1, 6, 6, generator=gen, dtype=torch.float64)
+    together = propagate(lowered, start(lowered, starts, ends))
+    for s in range(4):
+        alone = propagate(lowered, start(lowered, starts[s : s + 1], ends[s : s + 1]))
+        mine = together.seg == s
+        assert torch.equal(together.t[mine], alone.t)
+        assert torch.allclose(together.values[lowered.output][mine], alone.values[lowered.output], atol=1e-12)
