@@ -73,7 +73,8 @@ def quantitative(lowered: Lowered, spec: Spec, options: GenProverOptions) -> tup
         chosen = _widest(undecided, length, options.max_cells // 2)
         upper -= float(length[chosen].sum())  # the halves of these cells are counted next round
         cells = _bisect(cells, chosen)
-    return lower, min(upper, 1.0), {"cells_evaluated": evaluated, "exact_prefix_nodes": stop,
+    # Sums of cell lengths can round a hair past 1; the share is a fraction of [0, 1].
+    return min(lower, 1.0), min(upper, 1.0), {"cells_evaluated": evaluated, "exact_prefix_nodes": stop,
                                     "exact_prefix_pieces": pieces.count - 1}
 
 
