@@ -1,0 +1,265 @@
+"""The certifiers ``crown``, ``alpha-crown`` and ``ibp-lirpa``: auto_LiRPA 0.3 bounds of the composed network N.
+
+N is rewritten into ops 0.3 supports, wrapped once per network as a float64 ``BoundedModule``, and bounded over the
+region's box (or L1/L2 ball) with the spec as the ``C`` matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import fx, nn
+
+import gcert
+from gcert.contracts import Certifier, Outcome
+from gcert.errors import GcertError, UnsupportedOperatorError, one_line
+from gcert.problem import Problem
+from gcert.regions import LpBall
+from gcert_lirpa import compat
+from gcert_lirpa.rewrite import for_lirpa
+
+DTYPE = torch.float64
+#: Where auto_LiRPA 0.3 and the network it computes may differ (relative to the outputs' size) before the
+#: adapter refuses the network: 0.3 silently ignores some layer settings (e.g. a pooling ``ceil_mode``).
+FORWARD_TOLERANCE = 1e-9
+ELSEWHERE = ("sampling",)
+
+
+@dataclass(frozen=True)
+class CrownOptions:
+    """Settings of ``crown`` and ``ibp-lirpa``."""
+
+    probes: int = 5  # concrete points (origin, corners, center) tried for a counterexample when not certified
+
+
+@dataclass(frozen=True)
+class AlphaCrownOptions:
+    """Settings of ``alpha-crown``: CROWN first, then this many optimisation steps of the ReLU slopes."""
+
+    iterations: int = 20
+    lr: float = 0.5  # Adam learning rate of the slopes (auto_LiRPA's lr_alpha)
+    probes: int = 5
+
+
+@dataclass
+class Bounded:
+    """A network as auto_LiRPA sees it: the rewritten float64 graph and its ``BoundedModule``."""
+
+    graph: fx.GraphModule
+    module: Any  # auto_LiRPA.BoundedModule
+    lirpa: types.ModuleType = field(repr=False)
+
+
+# One BoundedModule per composed network object; the value holds a rewritten copy, never the key itself.
+_BOUNDED: weakref.WeakKeyDictionary[nn.Module, Bounded] = weakref.WeakKeyDictionary()
+
+
+class LirpaCertifier(Certifier):
+    """Shared work of the three certifiers; subclasses say which auto_LiRPA methods give the bound."""
+
+    guarantee = "sound"
+    Options: ClassVar[type] = CrownOptions
+
+    def prepare(self, problem: Problem) -> None:
+        """Build the BoundedModule and bound once, so unsupported layers are reported before any work."""
+        self.bound(problem, self.parse_options())
+
+    def certify(self, problem: Problem, options: Any) -> Outcome:
+        rows, details = self.bound(problem, options)
+        margin_lower = float(rows.min())
+        if margin_lower > 0:
+            return Outcome("certified", margin_lower=margin_lower, details=details)
+        probes = probe_points(problem, options.probes)
+        margins = problem.margins(probes)
+        best = int(margins.argmin())
+        if margins[best] <= 0:
+            return Outcome("falsified", margin_lower=margin_lower, margin_upper=float(margins[best]),
+                           witness_t=probes[best], details=details)
+        return Outcome("unknown", margin_lower=margin_lower, margin_upper=float(margins.min()), details=details)
+
+    def bound(self, problem: Problem, options: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Lower bounds of every spec row ``C N(t) + d`` over the region, (m,) in float64, and record details."""
+        bounded = bounded_module(problem)
+        C = problem.spec.C.to(DTYPE).unsqueeze(0)
+        d = problem.spec.d.to(DTYPE)
+        by_input = {name: self.lower_bound(bounded, x, C, options) + d
+                    for name, x in perturbations(problem, bounded.lirpa)}
+        rows = torch.stack(list(by_input.values())).max(dim=0).values  # each bound is sound, so is the larger
+        details: dict[str, Any] = {"engine": "auto_LiRPA 0.3", "dtype": "float64"}
+        if len(by_input) > 1:
+            details["margin_lower_over"] = {name: float(r.min()) for name, r in by_input.items()}
+        return rows, details
+
+    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: Any) -> torch.Tensor:
+        """auto_LiRPA's lower bound of ``C N(x)``, (m,)."""
+        raise NotImplementedError
+
+
+class CrownCertifier(LirpaCertifier):
+    name = "crown"
+    description = "CROWN linear relaxation (auto_LiRPA 0.3, float64); sound; usually far tighter than interval"
+
+    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: CrownOptions) -> torch.Tensor:
+        return compute(bounded, x, C, "CROWN")
+
+
+class AlphaCrownCertifier(LirpaCertifier):
+    name = "alpha-crown"
+    description = "alpha-CROWN: CROWN with optimised ReLU slopes (auto_LiRPA 0.3, float64); sound"
+    Options = AlphaCrownOptions
+
+    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: AlphaCrownOptions) -> torch.Tensor:
+        crown = compute(bounded, x, C, "CROWN")
+        if options.iterations <= 0 or float(crown.min()) > 0:
+            return crown  # certified by CROWN already, or no optimisation asked for
+        bounded.module.set_bound_opts({"optimize_bound_args": {"iteration": options.iterations,
+                                                               "lr_alpha": options.lr}})
+        # Both are sound; alpha-CROWN returns its best step, which is not always above CROWN in every row.
+        return torch.maximum(crown, compute(bounded, x, C, "alpha-CROWN"))
+
+
+class IbpCertifier(LirpaCertifier):
+    name = "ibp-lirpa"
+    description = "interval bound propagation through auto_LiRPA 0.3 (float64, no rounding padding); sound"
+
+    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: CrownOptions) -> torch.Tensor:
+        return compute(bounded, x, C, "IBP")
+
+
+def bounded_module(problem: Problem) -> Bounded:
+    """The cached :class:`Bounded` of ``problem.composed()``, built on first use."""
+    lirpa = compat.load()  # also the one-line error when auto_LiRPA is missing, even with a warm cache
+    network = problem.composed()
+    cached = _BOUNDED.get(network)
+    if cached is None:
+        cached = _BOUNDED[network] = build(network, problem.region.origin(), lirpa)
+    return cached
+
+
+def build(network: nn.Module, origin: torch.Tensor, lirpa: types.ModuleType) -> Bounded:
+    """Rewrite ``network`` and wrap it as a BoundedModule; refuse it if auto_LiRPA computes another function."""
+    example = origin.reshape(1, -1).to(DTYPE)
+    graph = for_lirpa(network, example, DTYPE)
+    with _lirpa_calls(lirpa) as log:
+        try:
+            module = lirpa.BoundedModule(graph, example, bound_opts=dict(compat.BOUND_OPTS), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - auto_LiRPA's failures become one line naming the op
+            raise _unsupported(exc, lirpa, log) from None
+        _check_same_function(graph, module, example)
+    return Bounded(graph, module, lirpa)
+
+
+def _check_same_function(graph: fx.GraphModule, module: Any, example: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(0)
+    points = torch.cat([example, example + 0.1 * torch.randn(3, example.shape[1], generator=gen, dtype=DTYPE)])
+    with torch.no_grad():
+        want = graph(points)
+        got = torch.cat([module(p[None]) for p in points])
+    scale = 1.0 + float(want.abs().max())
+    diff = float((got - want).abs().max())
+    if not diff <= FORWARD_TOLERANCE * scale:
+        raise GcertError(f"auto_LiRPA 0.3 computes a different function than the network (max difference "
+                         f"{diff:.2g}), so its bounds would not hold; use certifier interval or sampling")
+
+
+def perturbations(problem: Problem, lirpa: types.ModuleType) -> Iterator[tuple[str, Any]]:
+    """The perturbed inputs whose bounds hold on the region: its box, and for L1/L2 balls also the ball.
+
+    An Lp ball in gcert is clipped to [0, 1]; 0.3's L1/L2 perturbation cannot intersect a box, so the ball
+    alone and the bounding box are both supersets of the region, and the tighter bound of the two is used.
+    """
+    region = problem.region
+    lo, hi = region.lower.reshape(1, -1).to(DTYPE), region.upper.reshape(1, -1).to(DTYPE)
+    center = (lo + hi) / 2
+    box = lirpa.PerturbationLpNorm(norm=math.inf, x_L=lo, x_U=hi)
+    yield "box", lirpa.BoundedTensor(center, box)
+    if isinstance(region, LpBall) and region.p != math.inf:
+        p = int(region.p)
+        ball = lirpa.PerturbationLpNorm(eps=region.eps, norm=p)
+        yield f"l{p}-ball", lirpa.BoundedTensor(region.center.reshape(1, -1).to(DTYPE), ball)
+
+
+def compute(bounded: Bounded, x: Any, C: torch.Tensor, method: str) -> torch.Tensor:
+    """auto_LiRPA's lower bound of ``C N(x)`` by ``method``, (m,); unsupported ops become one-line errors."""
+    with _lirpa_calls(bounded.lirpa) as log:
+        try:
+            if method == "alpha-CROWN":  # optimises the slopes by gradient descent
+                lower, _ = bounded.module.compute_bounds(x=(x,), C=C, method=method, bound_upper=False)
+            else:
+                with torch.no_grad():
+                    lower, _ = bounded.module.compute_bounds(x=(x,), C=C, method=method, bound_upper=False)
+        except Exception as exc:  # noqa: BLE001
+            raise _unsupported(exc, bounded.lirpa, log) from None
+    lower = lower.detach().reshape(-1)
+    if not bool(torch.isfinite(lower).all()):
+        raise GcertError(f"auto_LiRPA {method} gave a non-finite bound; use certifier interval or sampling")
+    return lower
+
+
+@contextmanager
+def _lirpa_calls(lirpa: types.ModuleType) -> Iterator[list[str]]:
+    """Float64 as the default dtype (see ``compat.default_dtype``), auto_LiRPA's log captured, not printed."""
+    logger = logging.getLogger("auto_LiRPA.utils")
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler, propagate = _Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with compat.default_dtype(DTYPE), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript tracing warnings about the rewritten graph
+            yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _unsupported(exc: BaseException, lirpa: types.ModuleType, log: list[str]) -> GcertError:
+    """One line naming the operator auto_LiRPA failed on (from its log, or the Bound object in the traceback)."""
+    if isinstance(exc, GcertError):
+        return exc
+    names = sorted({m.split("Name: ", 1)[1].split(",")[0] for m in log if m.startswith("Name: ")})
+    if names:
+        return UnsupportedOperatorError(names[0], "the network as auto_LiRPA 0.3 parses it", ELSEWHERE,
+                                        hint=f"auto_LiRPA 0.3 has no bound for {', '.join(names)}")
+    node = None
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost auto_LiRPA operator object on the stack
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, lirpa.operators.Bound):
+            node = candidate
+        tb = tb.tb_next
+    if node is None:
+        return GcertError(f"auto_LiRPA 0.3 failed: {one_line(exc)}")
+    op = type(node).__name__.removeprefix("Bound")
+    return UnsupportedOperatorError(op, f"auto_LiRPA node {node.name!r}", ELSEWHERE,
+                                    hint=f"auto_LiRPA 0.3: {one_line(exc)}")
+
+
+def probe_points(problem: Problem, n: int) -> torch.Tensor:
+    """Origin, box corners and center of the region, projected into it (the first ``n`` of them)."""
+    region = problem.region
+    points = [region.origin(), region.lower, region.upper, (region.lower + region.upper) / 2]
+    return region.project(torch.stack(points[: max(n, 1)]).to(region.lower.dtype))
+
+
+CERTIFIERS: tuple[Callable[[], Certifier], ...] = (CrownCertifier, AlphaCrownCertifier, IbpCertifier)
+
+
+@gcert.hookimpl
+def gcert_register_certifiers(register: Callable[[Certifier], None]) -> None:
+    for certifier in CERTIFIERS:
+        register(certifier())
