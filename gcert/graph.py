@@ -24,6 +24,8 @@ class _Tracer(fx.Tracer):
 def trace(module: nn.Module, dtype: torch.dtype = torch.float64) -> fx.GraphModule:
     """A flat fx graph of a copy of ``module`` in ``dtype`` (float64 by default, for tight sound bounds)."""
     root = copy.deepcopy(module).to(dtype).eval()
+    if _Tracer().is_leaf_module(root, ""):
+        root = nn.Sequential(root)  # fx traces into the root's forward; keep a lone layer a leaf
     try:
         graph = _Tracer().trace(root)
     except Exception as exc:  # noqa: BLE001 - tracing errors name a Python construct, say which

@@ -40,6 +40,9 @@ class Affine:
     bias: Tensor
     abs_linear: Callable[[Tensor], Tensor]
     fan_in: int = 1
+    # The adjoint (row vectors times A) when autograd's is slow; torch's float64 conv_transpose2d backward on
+    # CPU takes seconds where the equivalent conv2d takes milliseconds.
+    transpose: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.linear(x) + self.bias
@@ -182,10 +185,11 @@ class _Builder:
         return Var(len(self.lowered.nodes) - 1, example)
 
     def affine(self, x: Var, linear: Callable[[Tensor], Tensor], bias: Tensor | float = 0.0,
-               abs_linear: Callable[[Tensor], Tensor] | None = None, fan_in: int = 1, source: str = "") -> Var:
+               abs_linear: Callable[[Tensor], Tensor] | None = None, fan_in: int = 1, source: str = "",
+               transpose: Callable[[Tensor], Tensor] | None = None) -> Var:
         out_shape = linear(x.example).shape[1:]
         b = torch.as_tensor(bias, dtype=torch.float64).expand(out_shape).clone()
-        return self.add(Affine(linear, b, abs_linear or linear, fan_in), [x], source)
+        return self.add(Affine(linear, b, abs_linear or linear, fan_in, transpose), [x], source)
 
 
 def lower(module: nn.Module, input_shape: Sequence[int], check: bool = True) -> Lowered:
@@ -330,18 +334,27 @@ def _conv_fn(b: _Builder, fn: Any, x: Var, weight: Tensor, bias: Tensor | None =
 
 
 def _conv_transpose_module(b: _Builder, m: nn.ConvTranspose1d | nn.ConvTranspose2d, x: Var) -> Var:
-    conv = F.conv_transpose1d if isinstance(m, nn.ConvTranspose1d) else F.conv_transpose2d
+    conv_t = F.conv_transpose1d if isinstance(m, nn.ConvTranspose1d) else F.conv_transpose2d
     w, aw = m.weight.detach(), _abs_w(m.weight)
 
     def lin(v: Tensor) -> Tensor:
-        return conv(v, w, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+        return conv_t(v, w, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
 
     def alin(v: Tensor) -> Tensor:
-        return conv(v, aw, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+        return conv_t(v, aw, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+
+    conv = F.conv1d if isinstance(m, nn.ConvTranspose1d) else F.conv2d
+    in_spatial = tuple(x.example.shape[2:])
+
+    def adjoint(rows: Tensor) -> Tensor:
+        # conv_transpose's adjoint is the convolution with the same weights; output_padding only added
+        # cells that no input reaches, so crop back to the input size.
+        out = conv(rows, w, None, m.stride, m.padding, m.dilation, m.groups)
+        return out[(..., *[slice(0, n) for n in in_spatial])]
 
     out_shape = lin(x.example).shape[1:]
     fan_in = w.shape[0] * math.prod(w.shape[2:]) // m.groups
-    return b.affine(x, lin, _channel_bias(m.bias, out_shape), alin, fan_in, type(m).__name__)
+    return b.affine(x, lin, _channel_bias(m.bias, out_shape), alin, fan_in, type(m).__name__, adjoint)
 
 
 def _batchnorm(b: _Builder, m: nn.modules.batchnorm._BatchNorm, x: Var) -> Var:

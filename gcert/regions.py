@@ -186,7 +186,8 @@ class LpBall(Box):
             delta = g * r * self.eps
         else:
             # Uniform in the L1 ball: d+1 exponentials normalised by their sum, random signs.
-            e = -torch.log(torch.rand(n, d + 1, generator=generator, dtype=dt).clamp_min(1e-300))
+            # clamp to the smallest normal number of the dtype (1e-300 underflows to 0 in float32)
+            e = -torch.log(torch.rand(n, d + 1, generator=generator, dtype=dt).clamp_min(torch.finfo(dt).tiny))
             signs = torch.randint(0, 2, (n, d), generator=generator).to(dt) * 2 - 1
             delta = signs * e[:, :d] / e.sum(dim=1, keepdim=True) * self.eps
         return super().project(self._center + delta)

@@ -62,6 +62,12 @@ def test_lp_ball_samples_and_projections_stay_inside(p):
     assert torch.allclose(ball.project(pts), pts)
 
 
+def test_l1_samples_are_finite_in_float32():
+    ball = LpBall(torch.rand(36), 2.0, 1)  # float32: a uniform draw of exactly 0 must not give log(0)
+    pts = ball.sample(200_000, torch.Generator().manual_seed(783))
+    assert bool(torch.isfinite(pts).all())
+
+
 def test_l1_projection_is_the_closest_point():
     ball = LpBall(torch.zeros(5, dtype=torch.float64), 1.0, 1, clip=None)
     x = torch.tensor([[3.0, -1.0, 0.5, 0.0, 0.0]], dtype=torch.float64)

@@ -1,0 +1,60 @@
+"""Splitting on t: best-first bisection of a one-dimensional region for sound certifiers.
+
+A sound bound on a sub-interval ``[a, b]`` of ``t`` is tighter the shorter it is, so on segments a sound
+certifier approaches completeness by bisecting where its bound is worst, until every piece is certified,
+a concrete point violates the spec, or the budget of pieces is spent.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gcert.contracts import Outcome
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class SplitResult:
+    verdict: str
+    margin_lower: float
+    pieces: int
+    witness_t: Tensor | None = None
+    margin_upper: float | None = None
+
+
+def bisect(lower_bound: Callable[[float, float], float], margins_at: Callable[[Tensor], Tensor],
+           lo: float, hi: float, budget: int) -> SplitResult:
+    """Certify ``[lo, hi]`` from ``lower_bound(a, b)`` (a sound lower bound of the margin on [a, b]).
+
+    ``margins_at(ts)`` evaluates the network's margin at points (n, 1) concretely; the midpoint of each
+    piece about to be split is tried, so a counterexample stops the search early.
+    """
+    first = lower_bound(lo, hi)
+    heap = [(first, lo, hi)]
+    best_seen: float | None = None
+    while heap and heap[0][0] <= 0 and len(heap) < max(budget, 1):
+        bound, a, b = heapq.heappop(heap)
+        mid = (a + b) / 2
+        probe = margins_at(torch.tensor([[a], [mid], [b]], dtype=torch.float64))
+        k = int(probe.argmin())
+        best_seen = float(probe[k]) if best_seen is None else min(best_seen, float(probe[k]))
+        if probe[k] <= 0:
+            return SplitResult("falsified", min(bound, *(p[0] for p in heap)) if heap else bound, len(heap) + 2,
+                               torch.tensor([(a, mid, b)[k]], dtype=torch.float64), float(probe[k]))
+        if not a < mid < b:  # the interval cannot shrink further in float64
+            heapq.heappush(heap, (bound, a, b))
+            break
+        heapq.heappush(heap, (lower_bound(a, mid), a, mid))
+        heapq.heappush(heap, (lower_bound(mid, b), mid, b))
+    worst = min(p[0] for p in heap)
+    return SplitResult("certified" if worst > 0 else "unknown", worst, len(heap), None, best_seen)
+
+
+def as_outcome(result: SplitResult, details: dict[str, object] | None = None) -> Outcome:
+    return Outcome(result.verdict, margin_lower=result.margin_lower, margin_upper=result.margin_upper,
+                   witness_t=result.witness_t, pieces=result.pieces, details=details or {})
