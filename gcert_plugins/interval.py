@@ -17,6 +17,7 @@ from gcert.bounds import Box, affine_box, forward_boxes
 from gcert.contracts import Certifier, Outcome
 from gcert.lowering import Affine, lower
 from gcert.problem import Problem
+from gcert.splitting import as_outcome, bisect
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class IntervalOptions:
     """Settings of ``interval``."""
 
     probes: int = 5  # concrete points tried for a counterexample when bounds do not certify
+    splits: int = 32  # one-dimensional regions: most pieces when bisecting t (1 = no splitting)
 
 
 class IntervalCertifier(Certifier):
@@ -36,14 +38,13 @@ class IntervalCertifier(Certifier):
         problem.lowered()
 
     def certify(self, problem: Problem, options: IntervalOptions) -> Outcome:
-        region = problem.region
-        lo, hi = region.lower.unsqueeze(0).double(), region.upper.unsqueeze(0).double()
-        out = forward_boxes(problem.lowered(), {-1: Box(lo, hi)})
-        spec = problem.spec
-        C, d = spec.C.double(), spec.d.double()
-        rows = affine_box(Affine(lambda x: x @ C.T, d, lambda x: x @ C.abs().T, C.shape[1]),
-                          Box(out.lo.reshape(1, -1), out.hi.reshape(1, -1)))
-        margin_lower = float(rows.lo.min())
+        region, lowered = problem.region, problem.lowered()
+        if region.dim == 1 and options.splits > 1:
+            result = bisect(lambda a, b: margin_bound(problem, torch.tensor([a]), torch.tensor([b])),
+                            lambda ts: problem.spec.margin(lowered.forward(ts)),
+                            float(region.lower[0]), float(region.upper[0]), options.splits)
+            return as_outcome(result)
+        margin_lower = margin_bound(problem, region.lower, region.upper)
         if margin_lower > 0:
             return Outcome("certified", margin_lower=margin_lower)
         probes = _probe_points(problem, options.probes)
@@ -53,6 +54,15 @@ class IntervalCertifier(Certifier):
             return Outcome("falsified", margin_lower=margin_lower, margin_upper=float(margins[best]),
                            witness_t=probes[best])
         return Outcome("unknown", margin_lower=margin_lower, margin_upper=float(margins.min()))
+
+
+def margin_bound(problem: Problem, lo: torch.Tensor, hi: torch.Tensor) -> float:
+    """A sound lower bound of the spec margin of N over the box [lo, hi] of t."""
+    out = forward_boxes(problem.lowered(), {-1: Box(lo.reshape(1, -1).double(), hi.reshape(1, -1).double())})
+    C, d = problem.spec.C.double(), problem.spec.d.double()
+    rows = affine_box(Affine(lambda x: x @ C.T, d, lambda x: x @ C.abs().T, C.shape[1]),
+                      Box(out.lo.reshape(1, -1), out.hi.reshape(1, -1)))
+    return float(rows.lo.min())
 
 
 def _probe_points(problem: Problem, n: int) -> torch.Tensor:
