@@ -157,11 +157,66 @@ def patch_pad(lirpa: types.ModuleType) -> None:
     cls.forward = _forward
 
 
+def patch_alpha_dtype(lirpa: types.ModuleType) -> None:
+    """The ``init_opt_parameters`` of 0.3's optimisable activations (ReLU, MaxPool, ...) create alpha-CROWN's
+    slopes with ``dtype=torch.float``; in a float64 run MaxPool then overwrites their ``.data`` with float64 and
+    the saved best slopes no longer match. The slopes are made the default dtype right after they are created
+    (any slope in the valid range gives a sound bound, so the cast cannot affect soundness)."""
+    base = lirpa.operators.BoundOptimizableActivation
+    classes = [base, *_subclasses(base)]
+    for cls in classes:
+        init = cls.__dict__.get("init_opt_parameters")
+        if init is None or getattr(init, "_gcert_patched", False):
+            continue
+
+        def _init_opt_parameters(self: Any, *args: Any, _init: Callable[..., Any] = init, **kwargs: Any) -> Any:
+            result = _init(self, *args, **kwargs)
+            dtype = torch.get_default_dtype()
+            for key, alpha in list(getattr(self, "alpha", {}).items()):
+                if isinstance(alpha, torch.Tensor) and alpha.dtype != dtype:
+                    self.alpha[key] = alpha.detach().to(dtype).requires_grad_(alpha.requires_grad)
+            return result
+
+        _init_opt_parameters._gcert_patched = True  # type: ignore[attr-defined]
+        cls.init_opt_parameters = _init_opt_parameters
+
+
+def patch_relaxation_cache(lirpa: types.ModuleType) -> None:
+    """Not a compatibility fix but a cost one: every ``BoundTanh``/``BoundSigmoid``/``BoundAtan`` constructor
+    re-runs ``precompute_relaxation``, a 200-step bisection over 50,000 points (about a second per layer in
+    float64), although the tables depend only on the function, the dtype and the range. They are computed once
+    per (function, dtype, range) and shared."""
+    cls = lirpa.operators.BoundTanh
+    precompute = cls.precompute_relaxation
+    if getattr(precompute, "_gcert_patched", False):
+        return
+    tables: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _precompute_relaxation(self: Any, name: str, func: Any, dfunc: Any, x_limit: float = 500) -> None:
+        key = (name, torch.get_default_dtype(), x_limit, str(self.device))
+        if key not in tables:
+            precompute(self, name, func, dfunc, x_limit)
+            tables[key] = (self.d_lower, self.d_upper)
+        self.x_limit, self.step_pre = x_limit, 0.01  # the values precompute_relaxation sets
+        self.num_points_pre = int(self.x_limit / self.step_pre)
+        self.d_lower, self.d_upper = (t.clone() for t in tables[key])
+
+    _precompute_relaxation._gcert_patched = True  # type: ignore[attr-defined]
+    cls.precompute_relaxation = _precompute_relaxation
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
 PRE_IMPORT: tuple[Callable[[], None], ...] = (
     patch_opset_setter, patch_torch_six, patch_node_getitem, patch_numpy_arraysetops,
 )
 POST_IMPORT: tuple[Callable[[types.ModuleType], None], ...] = (
-    patch_named_members, patch_slice_contiguous, patch_pad,
+    patch_named_members, patch_slice_contiguous, patch_pad, patch_alpha_dtype, patch_relaxation_cache,
 )
 
 

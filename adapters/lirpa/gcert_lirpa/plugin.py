@@ -24,6 +24,7 @@ from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError, UnsupportedOperatorError, one_line
 from gcert.problem import Problem
 from gcert.regions import LpBall
+from gcert.splitting import as_outcome, bisect
 from gcert_lirpa import compat
 from gcert_lirpa.rewrite import for_lirpa
 
@@ -35,18 +36,20 @@ ELSEWHERE = ("sampling",)
 
 
 @dataclass(frozen=True)
-class CrownOptions:
+class LirpaOptions:
     """Settings of ``crown`` and ``ibp-lirpa``."""
 
+    splits: int = 32  # one-dimensional regions (segments): most pieces when bisecting t (1 = no splitting)
     probes: int = 5  # concrete points (origin, corners, center) tried for a counterexample when not certified
 
 
 @dataclass(frozen=True)
 class AlphaCrownOptions:
-    """Settings of ``alpha-crown``: CROWN first, then this many optimisation steps of the ReLU slopes."""
+    """Settings of ``alpha-crown``: CROWN first, then this many optimisation steps of the relaxation slopes."""
 
     iterations: int = 20
     lr: float = 0.5  # Adam learning rate of the slopes (auto_LiRPA's lr_alpha)
+    splits: int = 32
     probes: int = 5
 
 
@@ -67,13 +70,25 @@ class LirpaCertifier(Certifier):
     """Shared work of the three certifiers; subclasses say which auto_LiRPA methods give the bound."""
 
     guarantee = "sound"
-    Options: ClassVar[type] = CrownOptions
+    Options: ClassVar[type] = LirpaOptions
 
     def prepare(self, problem: Problem) -> None:
         """Build the BoundedModule and bound once, so unsupported layers are reported before any work."""
         self.bound(problem, self.parse_options())
 
     def certify(self, problem: Problem, options: Any) -> Outcome:
+        region = problem.region
+        if region.dim == 1 and options.splits > 1:
+            # A bound over a shorter piece of t is tighter: bisect where it is worst (gcert.splitting).
+            bounded, C, d = self._setup(problem)
+            details = _details(bounded)
+
+            def piece(a: float, b: float) -> float:
+                x = box_input(bounded.lirpa, torch.tensor([a]), torch.tensor([b]))
+                return float((self.lower_bound(bounded, x, C, options, details) + d).min())
+
+            result = bisect(piece, problem.margins, float(region.lower[0]), float(region.upper[0]), options.splits)
+            return as_outcome(result, details)
         rows, details = self.bound(problem, options)
         margin_lower = float(rows.min())
         if margin_lower > 0:
@@ -87,51 +102,70 @@ class LirpaCertifier(Certifier):
         return Outcome("unknown", margin_lower=margin_lower, margin_upper=float(margins.min()), details=details)
 
     def bound(self, problem: Problem, options: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Lower bounds of every spec row ``C N(t) + d`` over the region, (m,) in float64, and record details."""
-        bounded = bounded_module(problem)
-        C = problem.spec.C.to(DTYPE).unsqueeze(0)
-        d = problem.spec.d.to(DTYPE)
-        by_input = {name: self.lower_bound(bounded, x, C, options) + d
+        """Lower bounds of every spec row ``C N(t) + d`` over the whole region, (m,) in float64, and details."""
+        bounded, C, d = self._setup(problem)
+        details = _details(bounded)
+        by_input = {name: self.lower_bound(bounded, x, C, options, details) + d
                     for name, x in perturbations(problem, bounded.lirpa)}
         rows = torch.stack(list(by_input.values())).max(dim=0).values  # each bound is sound, so is the larger
-        details: dict[str, Any] = {"engine": "auto_LiRPA 0.3", "dtype": "float64"}
         if len(by_input) > 1:
             details["margin_lower_over"] = {name: float(r.min()) for name, r in by_input.items()}
         return rows, details
 
-    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: Any) -> torch.Tensor:
-        """auto_LiRPA's lower bound of ``C N(x)``, (m,)."""
+    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: Any,
+                    details: dict[str, Any]) -> torch.Tensor:
+        """A sound lower bound of ``C N(x)``, (m,); notes worth recording go into ``details``."""
         raise NotImplementedError
+
+    @staticmethod
+    def _setup(problem: Problem) -> tuple[Bounded, torch.Tensor, torch.Tensor]:
+        return bounded_module(problem), problem.spec.C.to(DTYPE).unsqueeze(0), problem.spec.d.to(DTYPE)
+
+
+def _details(bounded: Bounded) -> dict[str, Any]:
+    return {"engine": f"auto_LiRPA {getattr(bounded.lirpa, '__version__', '0.3')}", "dtype": "float64"}
 
 
 class CrownCertifier(LirpaCertifier):
     name = "crown"
-    description = "CROWN linear relaxation (auto_LiRPA 0.3, float64); sound; usually far tighter than interval"
+    description = "CROWN linear relaxation (auto_LiRPA 0.3, float64), never looser than IBP; sound"
 
-    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: CrownOptions) -> torch.Tensor:
-        return compute(bounded, x, C, "CROWN")
+    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: LirpaOptions,
+                    details: dict[str, Any]) -> torch.Tensor:
+        # CROWN alone can be looser than IBP (an unstable ReLU relaxed with slope 1 keeps its negative lower
+        # bound, which IBP clips to 0); IBP costs one more pass, and the larger of two sound bounds is sound.
+        return torch.maximum(compute(bounded, x, C, "CROWN"), compute(bounded, x, C, "IBP"))
 
 
-class AlphaCrownCertifier(LirpaCertifier):
+class AlphaCrownCertifier(CrownCertifier):
     name = "alpha-crown"
-    description = "alpha-CROWN: CROWN with optimised ReLU slopes (auto_LiRPA 0.3, float64); sound"
+    description = "alpha-CROWN: CROWN with optimised relaxation slopes (auto_LiRPA 0.3, float64); sound"
     Options = AlphaCrownOptions
 
-    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: AlphaCrownOptions) -> torch.Tensor:
-        crown = compute(bounded, x, C, "CROWN")
+    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: AlphaCrownOptions,
+                    details: dict[str, Any]) -> torch.Tensor:
+        crown = super().lower_bound(bounded, x, C, options, details)
         if options.iterations <= 0 or float(crown.min()) > 0:
-            return crown  # certified by CROWN already, or no optimisation asked for
+            return crown  # certified by CROWN/IBP already, or no optimisation asked for
         bounded.module.set_bound_opts({"optimize_bound_args": {"iteration": options.iterations,
                                                                "lr_alpha": options.lr}})
+        try:
+            alpha = compute(bounded, x, C, "alpha-CROWN")
+        except GcertError as exc:
+            # 0.3's slope optimisation fails on some layers CROWN handles (e.g. Tanh after a convolution);
+            # the CROWN bound is still sound, so it stands and the record says why it was not improved.
+            details["alpha_crown_error"] = str(exc)
+            return crown
         # Both are sound; alpha-CROWN returns its best step, which is not always above CROWN in every row.
-        return torch.maximum(crown, compute(bounded, x, C, "alpha-CROWN"))
+        return torch.maximum(crown, alpha)
 
 
 class IbpCertifier(LirpaCertifier):
     name = "ibp-lirpa"
-    description = "interval bound propagation through auto_LiRPA 0.3 (float64, no rounding padding); sound"
+    description = "interval bound propagation through auto_LiRPA 0.3 (float64, spec merged into the last layer); sound"
 
-    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: CrownOptions) -> torch.Tensor:
+    def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: LirpaOptions,
+                    details: dict[str, Any]) -> torch.Tensor:
         return compute(bounded, x, C, "IBP")
 
 
@@ -178,14 +212,17 @@ def perturbations(problem: Problem, lirpa: types.ModuleType) -> Iterator[tuple[s
     alone and the bounding box are both supersets of the region, and the tighter bound of the two is used.
     """
     region = problem.region
-    lo, hi = region.lower.reshape(1, -1).to(DTYPE), region.upper.reshape(1, -1).to(DTYPE)
-    center = (lo + hi) / 2
-    box = lirpa.PerturbationLpNorm(norm=math.inf, x_L=lo, x_U=hi)
-    yield "box", lirpa.BoundedTensor(center, box)
+    yield "box", box_input(lirpa, region.lower, region.upper)
     if isinstance(region, LpBall) and region.p != math.inf:
         p = int(region.p)
         ball = lirpa.PerturbationLpNorm(eps=region.eps, norm=p)
         yield f"l{p}-ball", lirpa.BoundedTensor(region.center.reshape(1, -1).to(DTYPE), ball)
+
+
+def box_input(lirpa: types.ModuleType, lower: torch.Tensor, upper: torch.Tensor) -> Any:
+    """The perturbed input of auto_LiRPA for the box [lower, upper] of t (1-D tensors)."""
+    lo, hi = lower.reshape(1, -1).to(DTYPE), upper.reshape(1, -1).to(DTYPE)
+    return lirpa.BoundedTensor((lo + hi) / 2, lirpa.PerturbationLpNorm(norm=math.inf, x_L=lo, x_U=hi))
 
 
 def compute(bounded: Bounded, x: Any, C: torch.Tensor, method: str) -> torch.Tensor:
@@ -193,7 +230,12 @@ def compute(bounded: Bounded, x: Any, C: torch.Tensor, method: str) -> torch.Ten
     with _lirpa_calls(bounded.lirpa) as log:
         try:
             if method == "alpha-CROWN":  # optimises the slopes by gradient descent
-                lower, _ = bounded.module.compute_bounds(x=(x,), C=C, method=method, bound_upper=False)
+                try:
+                    lower, _ = bounded.module.compute_bounds(x=(x,), C=C, method=method, bound_upper=False)
+                finally:
+                    # A failed optimisation leaves the activations in its stage, breaking later CROWN calls.
+                    for node in bounded.module.optimizable_activations:
+                        node.opt_end()
             else:
                 with torch.no_grad():
                     lower, _ = bounded.module.compute_bounds(x=(x,), C=C, method=method, bound_upper=False)
