@@ -240,16 +240,27 @@ def zoo_show(name: str) -> None:
 
 
 @zoo.command("verify")
-def zoo_verify() -> None:
-    """Check that every zoo file matches its sha256 in the manifest."""
+@click.argument("names", nargs=-1)
+@click.option("--files-only", is_flag=True, help="Only compare files with their sha256 (skip re-measuring).")
+def zoo_verify(names: tuple[str, ...], files_only: bool) -> None:
+    """Check that zoo files match their sha256 and that the shipped weights reproduce the manifest's
+    measured figures (continuity C, reconstruction, calibration, accuracy, ...) within tolerance."""
+    from gcert_zoo.measure import TOLERANCE
+
     from gcert import zoo as z
 
-    problems = [p for e in z.entries() for p in z.verify(e["name"])]
+    chosen = list(names) or [e["name"] for e in z.entries()]
+    problems = []
+    for name in chosen:
+        found = z.verify(name, figures=not files_only)
+        problems += found
+        click.echo(f"{name}: {'FAILED' if found else 'ok'}", err=True)
     for p in problems:
         click.echo(p, err=True)
     if problems:
         sys.exit(2)
-    click.echo(f"{len(z.entries())} zoo entries verified")
+    what = "files" if files_only else f"files and figures (tolerance {TOLERANCE['abs']:g} + {TOLERANCE['rel']:.0%})"
+    click.echo(f"{len(chosen)} zoo entries verified: {what}")
 
 
 @zoo.command("train")
@@ -263,6 +274,39 @@ def zoo_train(name: str, out: str | None) -> None:
     z.entry(name)
     folder = Path(out or f"zoo-{name}")
     click.echo(json.dumps(z.train(name, folder), indent=2))
+
+
+@cli.command()
+@click.option("-m", "--mutation", required=True, help="Mutation name; `gcert list` shows them.")
+@click.option("--input", "input_ref", default=None,
+              help="Images to mutate (folder, .npz or .csv). Default: the generator's zoo samples.")
+@click.option("--limit", type=click.IntRange(min=1), default=4, show_default=True, help="Use the first N inputs.")
+@click.option("--delta", type=float, default=None, help="Strength in the mutation's unit (default: its own).")
+@click.option("--steps", type=click.IntRange(min=2), default=9, show_default=True, help="Images per row.")
+@click.option("--symmetric", is_flag=True, help="Run t from -1 to 1 (strength -delta to +delta).")
+@click.option("--scale", type=click.IntRange(min=1), default=None, help="Enlargement (default: to ~64 px tiles).")
+@click.option("--out", default="strip.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG to write: one row per input, the input itself first.")
+def mutate(mutation: str, input_ref: str | None, limit: int, delta: float | None, steps: int, symmetric: bool,
+           scale: int | None, out: str) -> None:
+    """Render a mutation along its segment as a PNG strip (what a certifier analyses, made visible)."""
+    from gcert import zoo as z
+    from gcert.data import load_inputs
+    from gcert.generators import mutation_strips, save_grid
+    from gcert.plugins import load_registry
+
+    registry = load_registry()
+    m = registry.mutation(mutation)
+    data = load_inputs(input_ref or z.inputs_for_generator(m.generator), limit)
+    strips = mutation_strips(registry, mutation, data.images, delta, steps, symmetric)
+    value_range = registry.generator_spec(m.generator).value_range
+    side = int(strips.rows[0].shape[-1])
+    save_grid(strips.rows, out, scale=scale or max(1, 64 // side), value_range=value_range, leading=strips.inputs)
+    lo = -strips.delta if symmetric else 0.0
+    click.echo(f"wrote {out}: {len(strips.rows)} inputs x {steps} images, {mutation} from {lo:g} to "
+               f"{strips.delta:g} {strips.unit} through {m.generator}", err=True)
+    for input_id, error in zip(data.ids, strips.inversion_errors, strict=True):
+        click.echo(f"  {input_id}: inversion error {error:.4f} (RMS, first image of the row is the input)", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,10 +63,64 @@ def load_network(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     return module.eval(), tuple(e["input_shape"])
 
 
-def verify(name: str) -> list[str]:
-    """Problems with an entry's files: missing, or sha256 different from the manifest's."""
+def inputs_for_generator(name: str) -> Path:
+    """Sample inputs to mutate through a generator: a zoo generator's own, else the default network's."""
+    if name in generator_names():
+        return zoo_dir() / entry(name)["samples"]
+    return samples_path(default_network())
+
+
+def generator_names() -> list[str]:
+    return [e["name"] for e in entries() if e["kind"] == "generator"]
+
+
+def load_generator(name: str) -> nn.Module:
+    """A zoo generator ``G``: control (batch, dim) -> images (batch, C, H, W), BatchNorm already folded."""
+    from gcert_zoo.architectures import ARCHITECTURES
+
+    e = entry(name)
+    if e["kind"] != "generator":
+        raise GcertError(f"zoo entry {name!r} is a {e['kind']}, not a generator")
+    module = ARCHITECTURES[e["architecture"]]()
+    module.load_state_dict(load_file(str(zoo_dir() / e["weights"])))
+    return module.eval().requires_grad_(False)
+
+
+def load_encoder(name: str) -> nn.Module:
+    """The encoder shipped with a zoo generator: image batch -> control guesses (for inversion)."""
+    from gcert_zoo.architectures import ARCHITECTURES
+
+    e = entry(name)
+    module = ARCHITECTURES[e["encoder_architecture"]]()
+    module.load_state_dict(load_file(str(zoo_dir() / e["encoder"])))
+    return module.eval().requires_grad_(False)
+
+
+def measure(name: str) -> dict[str, Any]:
+    """Re-measure an entry's figures from its shipped weights (deterministic; no training)."""
+    from gcert_zoo import measure as m
+    from gcert_zoo.recipes import network_figures
+
+    e = entry(name)
+    if e["kind"] == "generator":
+        return m.generator_figures(e, load_generator(name), load_encoder(name))
+    return network_figures(e, load_network(name)[0])
+
+
+def verify_figures(name: str) -> list[str]:
+    """Figures of the manifest that the shipped weights no longer reproduce within tolerance."""
+    from gcert_zoo.measure import compare
+
+    old = entry(name).get("metrics", {})
+    return [f"{name}: {p}" for p in compare(old, measure(name))]
+
+
+def verify(name: str, figures: bool = False) -> list[str]:
+    """Problems with an entry's files (missing, or sha256 different from the manifest's) and, with
+    ``figures``, its measured figures that do not reproduce (only checked when the files match).
+    """
     e, problems = entry(name), []
-    for key, sha_key in (("weights", "sha256"), ("samples", "samples_sha256")):
+    for key, sha_key in (("weights", "sha256"), ("samples", "samples_sha256"), ("encoder", "encoder_sha256")):
         if key not in e:
             continue
         path = zoo_dir() / e[key]
@@ -74,6 +128,8 @@ def verify(name: str) -> list[str]:
             problems.append(f"{name}: {e[key]} is missing")
         elif hashlib.sha256(path.read_bytes()).hexdigest() != e[sha_key]:
             problems.append(f"{name}: {e[key]} does not match its sha256 in the manifest")
+    if figures and not problems:
+        problems += verify_figures(name)
     return problems
 
 

@@ -23,11 +23,11 @@ from gcert.generators.regulate import (
     fold_batchnorm,
     measure_continuity,
 )
-from gcert.generators.render import save_grid, segment_images
+from gcert.generators.render import Strips, mutation_strips, save_grid, segment_images
 
 __all__ = [
     "DEFAULT_RANK_THRESHOLD", "ContinuityReport", "Directions", "Inversion", "LocalDirections", "NullSpaceEmptyError",
-    "PiecewiseLinearOutput", "continuity_loss", "fold_batchnorm", "invert", "jacobian", "local_directions",
-    "measure_continuity", "mutating_directions", "project_local", "reconstruction_error", "save_grid",
-    "segment_images", "svd_split",
+    "PiecewiseLinearOutput", "Strips", "continuity_loss", "fold_batchnorm", "invert", "jacobian", "local_directions",
+    "measure_continuity", "mutating_directions", "mutation_strips", "project_local", "reconstruction_error",
+    "save_grid", "segment_images", "svd_split",
 ]

@@ -80,8 +80,9 @@ def _refine(generator: nn.Module, target: torch.Tensor, z: torch.Tensor, steps: 
     for _ in range(steps):
         opt.zero_grad()
         loss = (generator(z.unsqueeze(0)) - target).pow(2).mean()
-        if float(loss) < best_loss:
-            best_loss, best_z = float(loss), z.detach().clone()
+        value = float(loss.detach())
+        if value < best_loss:
+            best_loss, best_z = value, z.detach().clone()
         loss.backward()
         opt.step()
         with torch.no_grad():

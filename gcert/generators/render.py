@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+from gcert.errors import GcertError, InputError
+
+if TYPE_CHECKING:
+    from gcert.plugins import Registry
 
 
 @torch.no_grad()
@@ -61,3 +68,49 @@ def save_grid(rows: Sequence[torch.Tensor], path: str | os.PathLike[str], scale:
             canvas[y : y + h, x : x + w] = tile
     big = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
     Image.fromarray(big).save(os.fspath(path))
+
+
+@dataclass
+class Strips:
+    """One row of images per input along a mutation's segment, with the inversion error of each input."""
+
+    rows: list[torch.Tensor]
+    inputs: list[torch.Tensor]
+    inversion_errors: list[float]
+    delta: float
+    unit: str
+    t: torch.Tensor
+
+
+def mutation_strips(registry: Registry, mutation: str, images: torch.Tensor, delta: float | None = None,
+                    steps: int = 9, symmetric: bool = False) -> Strips:
+    """Render ``mutation`` of strength ``delta`` (default: its own) on each image of ``images``.
+
+    Each image is inverted into the mutation's generator and the region is built by the same
+    ``gcert_input_region`` hook the runner uses, so the strip shows exactly the segment a certifier
+    analyses: ``t`` from 0 to 1 (from -1 with ``symmetric``, the mutation of strength ``-delta``).
+    """
+    m = registry.mutation(mutation)
+    if m.norm is not None:
+        raise GcertError(f"mutation {mutation!r} is a ball of images around the input, not a segment: "
+                         "there is no strip to render")
+    spec = registry.generator_spec(m.generator)
+    generator = registry.generator(m.generator)
+    if spec.invert is None:
+        raise GcertError(f"generator {spec.name!r} cannot invert inputs, so there is nothing to mutate")
+    if spec.image_shape is not None and tuple(images.shape[1:]) != tuple(spec.image_shape):
+        raise InputError(f"mutation {mutation!r} runs through generator {spec.name!r}, which makes images of shape "
+                         f"{tuple(spec.image_shape)}; these inputs have shape {tuple(images.shape[1:])}")
+    strength = m.default_delta if delta is None else float(delta)
+    t = torch.linspace(-1.0 if symmetric else 0.0, 1.0, steps).unsqueeze(1)
+    rows, errors = [], []
+    for image in images:
+        control, error = spec.invert(generator, image)
+        region = registry.pm.hook.gcert_input_region(mutation=m, generator=generator, control=control, delta=strength)
+        if region is None or region.dim != 1:
+            raise GcertError(f"mutation {mutation!r} does not give a segment; only segments render as strips")
+        embed = region.embedding()
+        with torch.no_grad():
+            rows.append(generator(embed(t.to(control.dtype))))
+        errors.append(float(error))
+    return Strips(rows, list(images), errors, strength, m.unit, t.reshape(-1))

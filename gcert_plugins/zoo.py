@@ -1,0 +1,85 @@
+"""The zoo's regulated generators and their mutations (geometric, global and local perceptual),
+registered through the hooks like any plugin's; each reads its details from the zoo manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+import gcert
+from gcert import zoo
+from gcert.contracts import GeneratorSpec, Mutation
+from gcert.generators import invert
+
+
+class ZooInverter:
+    """``invert(G, image)`` for a zoo generator: its encoder's guess refined by Adam with restarts.
+
+    Results are cached per image, since a run inverts the same input once per (mutation, delta,
+    certifier). Factor coordinates stay inside the range the generator was trained on.
+    """
+
+    def __init__(self, name: str, dim: int, factors: int, restarts: int = 3, steps: int = 100):
+        self.name, self.dim, self.factors = name, dim, factors
+        self.restarts, self.steps = restarts, steps
+        self._encoder: nn.Module | None = None
+        self._cache: dict[str, tuple[torch.Tensor, float]] = {}
+
+    def __call__(self, generator: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, float]:
+        key = hashlib.sha256(image.detach().float().contiguous().numpy().tobytes()).hexdigest()
+        if key not in self._cache:
+            if self._encoder is None:
+                self._encoder = zoo.load_encoder(self.name)
+            big = torch.full((self.dim,), 1e6)
+            big[: self.factors] = 1.0
+            result = invert(generator, image.float(), (self.dim,), encoder=self._encoder, restarts=self.restarts,
+                            steps=self.steps, bounds=(-big, big))
+            self._cache[key] = (result.control, result.error)
+        control, error = self._cache[key]
+        return control.clone(), error
+
+
+class ZooDirection:
+    """The direction of one unit of a manifest mutation at a control point (see gcert_zoo.mutations)."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+
+    def __call__(self, generator: nn.Module, control: torch.Tensor) -> torch.Tensor:
+        from gcert_zoo.mutations import mutation_direction
+
+        return mutation_direction(generator, control, self.spec)
+
+
+def _generators() -> list[dict[str, Any]]:
+    return [e for e in zoo.entries() if e["kind"] == "generator"]
+
+
+@gcert.hookimpl
+def gcert_register_generators(register: Callable[[GeneratorSpec], None]) -> None:
+    for e in _generators():
+        space = e["control_space"]
+        units = ", ".join(f"{f['name']} ({f['unit']})" for f in space["factors"])
+        register(GeneratorSpec(
+            name=e["name"], loader=lambda n=e["name"]: zoo.load_generator(n), control_shape=(space["dim"],),
+            image_shape=tuple(e["image_shape"]), value_range=tuple(e["value_range"]),
+            piecewise_linear=bool(e["piecewise_linear"]),
+            invert=ZooInverter(e["name"], space["dim"], space["content"]["first"]),
+            description=f"regulated zoo generator, {space['dim']} latent dims; factors {units}; for {e['network']}",
+        ))
+
+
+@gcert.hookimpl
+def gcert_register_mutations(register: Callable[[Mutation], None]) -> None:
+    for e in _generators():
+        for m in e["mutations"]:
+            where = f", only the {m['foreground']} region (Eq. 17)" if m.get("foreground") else ""
+            register(Mutation(
+                m["name"], m["kind"], e["name"], m["unit"], float(m["default_delta"]), direction=ZooDirection(m),
+                description=f"{m['factor']} by delta {m['unit']} through {e['name']}{where}",
+            ))
