@@ -222,12 +222,14 @@ POST_IMPORT: tuple[Callable[[types.ModuleType], None], ...] = (
 
 def available() -> bool:
     """Whether auto_LiRPA is installed (without importing it)."""
+    if "auto_LiRPA" in sys.modules:  # None there means an import of it is blocked
+        return sys.modules["auto_LiRPA"] is not None
     return importlib.util.find_spec("auto_LiRPA") is not None
 
 
 def load() -> types.ModuleType:
     """``auto_LiRPA``, imported with every patch applied (idempotent); a one-line GcertError if it is missing."""
-    if "auto_LiRPA" not in sys.modules and not available():
+    if not available():
         raise GcertError(INSTALL_HINT)
     root = logging.getLogger()
     handlers = list(root.handlers)

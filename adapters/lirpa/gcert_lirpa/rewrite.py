@@ -50,6 +50,7 @@ def _shape(node: fx.Node) -> tuple[int, ...]:
 def _replace(gm: fx.GraphModule, node: fx.Node, build: Callable[[fx.Graph], fx.Node]) -> None:
     with gm.graph.inserting_before(node):
         new = build(gm.graph)
+    new.meta.update(node.meta)  # same function, same output shape: later rewrites read it
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
 

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from gcert_lirpa import compat
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread, as the runner's workers use: alpha-CROWN's autograd with two OpenMP threads slowed down 60-fold
+# on a busy two-core machine (threads spin-waiting for each other), while one thread is as fast for these sizes.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

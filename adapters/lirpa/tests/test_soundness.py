@@ -9,7 +9,6 @@ import weakref
 
 import pytest
 import torch
-from gcert_lirpa import plugin
 from torch import nn
 
 from gcert.problem import Problem
@@ -17,6 +16,7 @@ from gcert.regions import Box, LpBall, Segment
 from gcert.runner import confirm_witness
 from gcert.spec import Spec
 from gcert.testing import make_registry
+from gcert_lirpa import plugin
 
 pytestmark = pytest.mark.usefixtures("lirpa")
 
