@@ -135,6 +135,15 @@ class ResultStore:
         if self.path.exists() and self.path.stat().st_size > good_end:
             with self.path.open("r+b") as fh:  # drop a torn last line so appends stay valid JSONL
                 fh.truncate(good_end)
+        failed = [c for c in self.existing if c.error is not None]
+        if failed:
+            # Records that failed are retried: rewrite the file without them (atomically), so it stays one
+            # record per key.
+            self.existing = [c for c in self.existing if c.error is None]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(c.to_json() + "\n" for c in self.existing), encoding="utf-8")
+            os.replace(tmp, self.path)
+        self.retried = len(failed)
         self.done = {c.key for c in self.existing}
         self._fh = None
 

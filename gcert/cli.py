@@ -110,8 +110,10 @@ def list_cmd(as_json: bool) -> None:
 _JOB_OPTIONS = [
     click.option("-c", "--certifier", "certifiers", multiple=True, required=True,
                  help="Certifier name (repeatable); `gcert list` shows them."),
-    click.option("-m", "--mutation", "mutations", multiple=True, required=True,
+    click.option("-m", "--mutation", "mutations", multiple=True,
                  help="Mutation name (repeatable); `gcert list` shows them."),
+    click.option("--vnnlib", "vnnlib", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                 help="A VNN-LIB property (repeatable): its input box and output spec replace --mutation/--data."),
     click.option("--model", default=None, help="Zoo network, .onnx, TorchScript file, or module:attr. "
                  "Default: the zoo's default network."),
     click.option("--data", default=None, help="Folder of images, .npz or .csv. Default: the zoo network's samples."),
@@ -166,8 +168,11 @@ def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
     from gcert.runner import Context, RunConfig
     from gcert.runner import run as run_jobs
 
+    if not o["mutations"] and not o["vnnlib"]:
+        raise click.UsageError("give --mutation (see `gcert list`) or --vnnlib PROPERTY")
     config = RunConfig(
-        mutations=o["mutations"], certifiers=o["certifiers"], model=o["model"], data=o["data"],
+        vnnlib=tuple(o["vnnlib"]), mutations=o["mutations"], certifiers=o["certifiers"], model=o["model"],
+        data=o["data"],
         deltas=_floats(o["delta"], "--delta"), options=_parse_options(o["option_items"], o["certifiers"]),
         mean=_floats(o["mean"], "--mean"), std=_floats(o["std"], "--std"),
         input_shape=_ints(o["input_shape"], "--input-shape"), limit=o["limit"], labels=o["labels"], tau=o["tau"],
@@ -176,7 +181,7 @@ def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
     ctx = Context(config)
     for line in ctx.registry.problems + [f"plugin {p.name}: {p.error}" for p in ctx.registry.plugins if p.error]:
         click.echo(f"gcert: warning: {line}", err=True)
-    if o["model"] is None or o["data"] is None:
+    if (o["model"] is None or o["data"] is None) and not o["vnnlib"]:
         net = o["model"] or zoo.default_network()
         click.echo(f"using zoo network {net!r}" + ("" if o["data"] else f" and its {len(ctx.data)} sample inputs"),
                    err=True)

@@ -374,8 +374,10 @@ def _linear_pool(b: _Builder, m: nn.Module, x: Var) -> Var:
     """Average pooling: linear with non-negative weights (so |A| = A); fan-in is the window size."""
     k = getattr(m, "kernel_size", None)
     spatial = x.example.dim() - 2
-    fan = math.prod(k) if isinstance(k, tuple) else int(k) ** spatial if k is not None else \
-        math.prod(x.example.shape[2:])
+    if k is None:
+        fan = math.prod(x.example.shape[2:])
+    else:
+        fan = math.prod(k) if isinstance(k, tuple | list) else int(k) ** spatial
     return b.affine(x, m, 0.0, m, fan, type(m).__name__)
 
 

@@ -23,14 +23,15 @@ from tqdm import tqdm
 
 from gcert import __version__
 from gcert.certificate import Certificate, ResultStore, Witness, task_key
-from gcert.contracts import Outcome
+from gcert.contracts import Mutation, Outcome
 from gcert.data import Dataset, load_inputs
 from gcert.errors import GcertError, InputError, one_line
 from gcert.models import LoadedModel, load_model, traceable
 from gcert.plugins import PluginSettings, Registry, load_registry
 from gcert.problem import Problem
-from gcert.regions import Reshape
+from gcert.regions import Box, Reshape
 from gcert.spec import Spec
+from gcert.vnnlib import Property, read_vnnlib
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class RunConfig:
     labels: str = "auto"  # auto (data labels when present), data, predicted
     tau: float | None = None  # regression specs: allowed output change
     tolerance_steps: int | None = None  # set: search the largest certified delta in [0, delta] per task
+    vnnlib: tuple[str, ...] = ()  # VNN-LIB properties: each is one input box and spec (no data, no mutations)
     plugins: PluginSettings = field(default_factory=PluginSettings.from_env)
 
 
@@ -78,7 +80,10 @@ class Context:
         if model_ref is None:
             model_ref = zoo.default_network()
         self.model: LoadedModel = load_model(model_ref, _opt_list(config.mean), _opt_list(config.std))
-        if data_ref is None:
+        self.properties: list[Property] = []
+        if config.vnnlib:
+            data_ref = self._read_properties(config.vnnlib)
+        elif data_ref is None:
             if not isinstance(model_ref, str) or not zoo.has_network(model_ref):
                 raise InputError("give --data: only zoo networks come with sample inputs")
             data_ref = str(zoo.samples_path(model_ref))
@@ -87,17 +92,33 @@ class Context:
         self.network, self.reshaped = _fit_network(self.model, self.data)
         self.certifiers = {n: self.registry.certifier(n) for n in config.certifiers}
         self.mutations = {n: self.registry.mutation(n) for n in config.mutations}
+        if config.vnnlib:
+            if config.mutations:
+                raise GcertError("--vnnlib properties bring their own input region; drop --mutation")
+            self.mutations = {VNNLIB_MUTATION.name: VNNLIB_MUTATION}
         self.options = {n: c.parse_options(config.options.get(n)) for n, c in self.certifiers.items()}
         unknown = sorted(set(config.options) - set(self.certifiers))
         if unknown:
             raise GcertError(f"options given for certifier {unknown[0]!r}, which this run does not use")
         self._clean: dict[int, torch.Tensor] = {}
 
+    def _read_properties(self, files: tuple[str, ...]) -> Dataset:
+        shape = self.model.input_shape
+        if shape is None:
+            raise InputError("--vnnlib needs a model that declares its input shape (an .onnx file)")
+        self.properties = [read_vnnlib(f) for f in files]
+        for prop in self.properties:
+            if prop.lower.numel() != math.prod(shape):
+                raise InputError(f"{prop.source} has {prop.lower.numel()} inputs but the model takes {tuple(shape)}")
+        centers = torch.stack([((p.lower + p.upper) / 2).reshape(shape) for p in self.properties]).float()
+        labels = [_spec_label(p.spec) for p in self.properties]
+        return Dataset(centers, labels, [str(f) for f in files], "vnnlib")
+
     def tasks(self) -> list[Task]:
         out = []
         for i, input_id in enumerate(self.data.ids):
             for m, mutation in self.mutations.items():
-                deltas = self.config.deltas or (mutation.default_delta,)
+                deltas = (0.0,) if self.properties else self.config.deltas or (mutation.default_delta,)
                 for delta in deltas:
                     out.extend(Task(i, input_id, m, float(delta), c) for c in self.certifiers)
         return out
@@ -110,6 +131,11 @@ class Context:
 
     def problem(self, task: Task) -> tuple[Problem, float]:
         """The problem of a task and the error of inverting its input into the generator."""
+        meta = {"input": task.input_id, "mutation": task.mutation, "delta": task.delta}
+        if self.properties:
+            prop, shape = self.properties[task.index], tuple(self.model.input_shape or ())
+            region = Box(prop.lower.reshape(shape), prop.upper.reshape(shape))
+            return Problem(self.network, nn.Identity(), region, prop.spec, meta), 0.0
         mutation = self.mutations[task.mutation]
         gen_spec = self.registry.generator_spec(mutation.generator)
         generator = self.registry.generator(mutation.generator)
@@ -123,7 +149,7 @@ class Context:
         if region is None:
             raise GcertError(f"no plugin built a region for mutation {task.mutation!r}")
         spec = self.spec(task.index)
-        meta = {"input": task.input_id, "mutation": task.mutation, "delta": task.delta, "unit": mutation.unit}
+        meta["unit"] = mutation.unit
         return Problem(self.network, generator, region, spec, meta), float(inversion_error)
 
     def spec(self, index: int) -> Spec:
@@ -154,6 +180,8 @@ class Context:
                 certifier.prepare(problem)
 
     def _first_delta(self, mutation: str) -> float:
+        if self.properties:
+            return 0.0
         return (self.config.deltas or (self.mutations[mutation].default_delta,))[0]
 
     def solve(self, task: Task) -> Certificate:
@@ -206,7 +234,10 @@ class Context:
             versions=self._versions(task),
         )
         try:
-            cert.label = self.label(task.index) if self.clean_outputs(task.index).numel() > 1 else None
+            if self.properties:
+                cert.label = self.data.labels[task.index]
+            elif self.clean_outputs(task.index).numel() > 1:
+                cert.label = self.label(task.index)
             cert.predicted = int(self.clean_outputs(task.index).argmax())
             problem, cert.inversion_error = self.problem(task)
             cert.region, cert.spec = problem.region.to_record(), problem.spec.to_record()
@@ -223,10 +254,22 @@ class Context:
         plugins = {}
         infos = {p.name: p for p in self.registry.plugins}
         for kind, name in (("certifier", task.certifier), ("mutation", task.mutation)):
+            if name not in getattr(self.registry, kind + "s"):
+                continue  # the built-in pseudo-mutation of VNN-LIB properties
             origin = self.registry.origin(kind, name)
             info = infos.get(origin)
             plugins[origin] = info.version if info else ""
         return {"gcert": __version__, "torch": torch.__version__, "plugins": plugins}
+
+
+VNNLIB_MUTATION = Mutation("vnnlib", "pixel", "pixel", "box", 0.0, norm=math.inf,
+                           description="the input box of a VNN-LIB property")
+
+
+def _spec_label(spec: Spec) -> int | None:
+    """The class a VNN-LIB robustness property protects: the one output every row counts positively."""
+    positive = {int(row.argmax()) for row in spec.C if float(row.max()) > 0}
+    return positive.pop() if len(positive) == 1 else None
 
 
 def _apply(cert: Certificate, outcome: Outcome, problem: Problem, guarantee: str) -> None:

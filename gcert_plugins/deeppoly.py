@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import gcert
-from gcert.bounds import Box, node_box
+from gcert.bounds import Box, affine_box, node_box
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError
 from gcert.lowering import Activation, Add, Affine, Concat, Lowered, MaxPool
@@ -26,6 +26,7 @@ from gcert.splitting import as_outcome, bisect
 
 Tensor = torch.Tensor
 _PAD = 1e-9  # relative padding of concretised bounds for float64 rounding (see the module docs)
+_ROW_BUDGET = 4_000_000  # float64 coefficients per back-substituted value at once (~32 MB)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,10 @@ class DeepPolyAnalysis:
         for k, node in enumerate(lowered.nodes):
             if isinstance(node.op, Activation | MaxPool):
                 src = node.inputs[0]
-                self.boxes[src] = self._tighten(src, _undecided(node.op, self.boxes[src]))
+                # As ERAN: back-substitute values that come out of linear maps; the box image of an
+                # activation's output is already exact for its (monotone) function of a tightened box.
+                if src >= 0 and not isinstance(lowered.nodes[src].op, Activation | MaxPool):
+                    self.boxes[src] = self._tighten(src, _undecided(node.op, self.boxes[src]))
                 self.relax[k] = self._relax(node.op, self.boxes[src])
             self.boxes[k] = node_box(node.op, [self.boxes[j] for j in node.inputs])
 
@@ -210,14 +214,17 @@ class DeepPolyAnalysis:
         if index < 0 or not bool(which.any()):
             return old
         shape = self._shape(index)
-        rows = which.nonzero().reshape(-1)
-        n = rows.numel()
-        unit = torch.zeros(n, math.prod(shape), dtype=torch.float64)
-        unit[torch.arange(n), rows] = 1.0
-        unit = unit.reshape(n, *shape)
-        lower = self.lower_bounds(index, torch.cat([unit, -unit]), torch.zeros(2 * n, dtype=torch.float64))
         lo, hi = old.lo.reshape(-1).clone(), old.hi.reshape(-1).clone()
-        lo[rows], hi[rows] = torch.maximum(lo[rows], lower[:n]), torch.minimum(hi[rows], -lower[n:])
+        # Rows in chunks: each row carries a coefficient for every entry of every value it passes through.
+        widest = max([math.prod(n.shape) for n in self.lowered.nodes[: index + 1]] + [math.prod(shape)])
+        chunk = max(1, _ROW_BUDGET // (2 * widest))
+        for rows in which.nonzero().reshape(-1).split(chunk):
+            n = rows.numel()
+            unit = torch.zeros(n, math.prod(shape), dtype=torch.float64)
+            unit[torch.arange(n), rows] = 1.0
+            unit = unit.reshape(n, *shape)
+            lower = self.lower_bounds(index, torch.cat([unit, -unit]), torch.zeros(2 * n, dtype=torch.float64))
+            lo[rows], hi[rows] = torch.maximum(lo[rows], lower[:n]), torch.minimum(hi[rows], -lower[n:])
         return Box(lo.reshape(1, *shape), hi.reshape(1, *shape))
 
     def _relax(self, op: Activation | MaxPool, box: Box) -> _Relax | _PoolRelax:
@@ -332,10 +339,14 @@ def spec_lower_bound(analysis: DeepPolyAnalysis, spec: Spec) -> Tensor:
     """Lower bounds of every spec row C @ y + d over the region."""
     lowered = analysis.lowered
     out_shape = lowered.input_shape if lowered.output < 0 else lowered.nodes[lowered.output].shape
-    lam = spec.C.double().reshape(spec.C.shape[0], *out_shape)
-    if lowered.output < 0:
-        return analysis.lower_bounds(-1, lam, spec.d.double())  # pragma: no cover - identity networks
-    return analysis.lower_bounds(lowered.output, lam, spec.d.double())
+    C, d = spec.C.double(), spec.d.double()
+    lam = C.reshape(C.shape[0], *out_shape)
+    back = analysis.lower_bounds(lowered.output, lam, d)
+    # The interval bound of the same rows is sound too, and sometimes tighter (e.g. behind max-pooling).
+    out = analysis.boxes[lowered.output]
+    rows = affine_box(Affine(lambda x: x @ C.T, d, lambda x: x @ C.abs().T, C.shape[1]),
+                      Box(out.lo.reshape(1, -1), out.hi.reshape(1, -1)))
+    return torch.maximum(back, rows.lo[0])
 
 
 class DeepPoly(Certifier):

@@ -135,3 +135,13 @@ def test_result_store_rejects_a_file_that_is_not_gcert_records(tmp_path):
     path.write_text("hello\n" + _cert().to_json() + "\n")
     with pytest.raises(InputError, match="not a gcert record"):
         ResultStore(path)
+
+
+def test_result_store_retries_records_that_failed(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with ResultStore(path) as store:
+        store.append(_cert(input="a"))
+        store.append(_cert(input="b", error="RuntimeError: out of memory"))
+    store = ResultStore(path)
+    assert store.retried == 1 and _cert(input="b").key not in store.done
+    assert [c.input for c in read_certificates(path)] == ["a"]
