@@ -20,10 +20,10 @@ from gcert.errors import GcertError, one_line
 
 INSTALL_HINT = "auto_LiRPA is not installed: pip install --no-deps auto-LiRPA==0.3 (see adapters/lirpa/README.md)"
 
-#: Options for every BoundedModule the adapter builds. The default "patches" mode of 0.3 fails on
-#: torch 2.x for generator-style networks (a storage-size error in its patch unfolding, and its
-#: BoundSlice backward only accepts patches on the channel axis, which our ConvTranspose crop is not),
-#: so convolutions are bounded as dense matrices.
+#: Options for every BoundedModule the adapter builds. In 0.3's default "patches" mode, ``BoundSlice``
+#: backward accepts patches only for channel slices without unstable-neuron indices, so a generator whose padded
+#: ConvTranspose2d became a crop fails (checked: a DCGAN-style generator composed with a CNN); a storage-size
+#: error was seen there too. Convolutions are therefore bounded as dense matrices.
 BOUND_OPTS: dict[str, Any] = {"conv_mode": "matrix"}
 
 

@@ -165,6 +165,8 @@ REFUSED = {
     "dilated transposed convolution": ([conv(), nn.ConvTranspose2d(3, 2, 3, dilation=2), *head(2 * 10 * 10)],
                                        "ConvTranspose2d"),
     "softmax": ([nn.Flatten(), nn.Linear(36, 4), nn.Softmax(dim=1)], "ReduceMax"),
+    "1-D transposed convolution": ([nn.Flatten(), Fn(lambda x: x.unsqueeze(1)), nn.ConvTranspose1d(1, 2, 3),
+                                    nn.Flatten(), nn.Linear(76, 4)], "ConvTranspose"),
     "erf": ([nn.Flatten(), nn.Linear(36, 4), Fn(torch.erf)], "onnx::Erf"),
     "strided slice": ([nn.Flatten(), Fn(lambda x: x[:, ::2]), nn.Linear(18, 4)], "Slice"),
 }
