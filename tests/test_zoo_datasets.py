@@ -90,3 +90,25 @@ def test_factor_sources_map_factors_to_latent_units_in_range():
         z = src.to_latent(f)
         assert x0.shape == x.shape == (16, src.channels, src.size, src.size)
         assert float(z.abs().max()) <= 1.0
+
+
+def test_enclosing_rectangle_of_an_axis_aligned_block_is_the_block():
+    from gcert_zoo.rectangles import min_enclosing_rectangle
+
+    img = torch.zeros(16, 16)
+    img[4:8, 2:12] = 1  # 10 wide, 4 high, centre (7, 6) in pixels -> (-1, -2) from the image centre
+    r = min_enclosing_rectangle(img.numpy())
+    assert (r.long, r.short, r.angle) == (pytest.approx(10, abs=0.6), pytest.approx(4, abs=0.6), pytest.approx(0))
+    assert (r.cx, r.cy) == (pytest.approx(-1, abs=0.01), pytest.approx(-2, abs=0.01))
+
+
+@pytest.mark.parametrize("params", [[20, 2, -3, 0, 0], [-25, 0, 1, 15, 0], [10, -2, 0, -10, 0]])
+def test_enclosing_rectangle_recovers_the_rendered_rectangle(params):
+    from gcert_zoo.rectangles import min_enclosing_rectangle, shear_percent
+
+    r = min_enclosing_rectangle(_shape(0, 12, 6, params).numpy())
+    s = 1 + params[3] / 100
+    assert r.angle == pytest.approx(params[0], abs=1.5)
+    assert (r.cx, r.cy) == (pytest.approx(params[1], abs=0.1), pytest.approx(params[2], abs=0.1))
+    assert r.size == pytest.approx(s * (12 * 6) ** 0.5, rel=0.04)
+    assert shear_percent(_shape(0, 12, 6, [0, 0, 0, 0, 20]).numpy()) == pytest.approx(20, abs=1)

@@ -107,8 +107,10 @@ class Encoder(nn.Module):
     def __init__(self, channels: int, size: int, factors: int, content: int):
         super().__init__()
         self.factors, self.content = factors, content
-        layers: list[nn.Module] = [nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU()]
-        width, side = 16, size
+        # 32x32 inputs are halved by the first layer already: full-resolution maps cost most of a step
+        first = 2 if size > 8 else 1
+        layers: list[nn.Module] = [nn.Conv2d(channels, 16, 3, stride=first, padding=1), nn.ReLU()]
+        width, side = 16, size // first
         while side > 4:  # halve to a 4x4 grid, so the dense part stays small
             layers += [nn.Conv2d(width, 32, 3, stride=2, padding=1), nn.ReLU()]
             width, side = 32, side // 2

@@ -140,7 +140,7 @@ GENERATOR_RECIPES: dict[str, GeneratorRecipe] = {
                 "+-4 px, scaling +-20 %, shearing +-25 %",
         mutations=_geometric("shapes-", {"rotate": 15.0, "translate-x": 2.0, "translate-y": 2.0, "scale": 10.0,
                                          "shear": 15.0}),
-        steps=3000, batch=64, kl=0.02, continuity=0.2, pool=8192),
+        steps=2000, batch=64, lr=3e-3, kl=0.02, continuity=0.2, pool=8192),
     "faces-perceptual": GeneratorRecipe(
         name="faces-perceptual", source="faces", architecture="faces_generator", encoder="faces_encoder",
         network="faces-cnn",
@@ -152,7 +152,7 @@ GENERATOR_RECIPES: dict[str, GeneratorRecipe] = {
             MutationSpec("eyes", "local-perceptual", "eyes", -0.5, foreground="eyes"),
             MutationSpec("mouth", "local-perceptual", "mouth", 0.6, foreground="mouth"),
         ),
-        steps=3000, batch=64, kl=0.02, continuity=0.2, pool=6144),
+        steps=2000, batch=64, lr=3e-3, kl=0.02, continuity=0.2, pool=6144),
 }
 
 
@@ -201,9 +201,12 @@ def _init_output(gen: nn.Module) -> None:
         last.bias.fill_(0.5)
 
 
-def train_generator(recipe: GeneratorRecipe, steps: int | None = None,
-                    log: Any = None) -> tuple[nn.Module, nn.Module, float]:
-    """Train ``recipe``; returns (the generator with BatchNorm folded, the encoder, seconds)."""
+def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any = None,
+                    regulariser: Any = continuity_loss) -> tuple[nn.Module, nn.Module, float]:
+    """Train ``recipe``; returns (the generator with BatchNorm folded, the encoder, seconds).
+
+    ``regulariser(G, z0, zT, rng=...)`` is the continuity term (benchmarks swap it for ablations).
+    """
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     rng = torch.Generator().manual_seed(recipe.seed)
@@ -239,7 +242,7 @@ def train_generator(recipe: GeneratorRecipe, steps: int | None = None,
         consistency = (pred - target).pow(2).sum(1).mean()
         prior = measure.prior_sample(src, 2 * (recipe.batch // 2), rng)
         half = recipe.batch // 2
-        cont = continuity_loss(gen, prior[:half], prior[half:], rng=rng)
+        cont = regulariser(gen, prior[:half], prior[half:], rng=rng)
         loss = recon + recipe.kl * kl + consistency + recipe.continuity * cont
         opt.zero_grad()
         loss.backward()
