@@ -101,6 +101,7 @@ class Context:
         if unknown:
             raise GcertError(f"options given for certifier {unknown[0]!r}, which this run does not use")
         self._clean: dict[int, torch.Tensor] = {}
+        self._inverted: dict[tuple[str, int], tuple[torch.Tensor, float]] = {}
 
     def _read_properties(self, files: tuple[str, ...]) -> Dataset:
         shape = self.model.input_shape
@@ -143,7 +144,10 @@ class Context:
         if gen_spec.invert is None:
             raise GcertError(f"generator {gen_spec.name!r} cannot invert inputs, so mutation {task.mutation!r} "
                              "cannot start from --data; use its zoo samples")
-        control, inversion_error = gen_spec.invert(generator, image)
+        key = (gen_spec.name, task.index)
+        if key not in self._inverted:  # one inversion per input and generator, whatever the tasks
+            self._inverted[key] = gen_spec.invert(generator, image)
+        control, inversion_error = self._inverted[key]
         region = self.registry.pm.hook.gcert_input_region(
             mutation=mutation, generator=generator, control=control, delta=task.delta)
         if region is None:
