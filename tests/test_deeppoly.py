@@ -145,3 +145,30 @@ def test_conv_transpose_adjoint_equals_autograd():
         x = torch.zeros(5, cin, 7, 7, dtype=torch.float64, requires_grad=True)
         (want,) = torch.autograd.grad(node.op.linear(x), x, rows)
         assert torch.allclose(node.op.transpose(rows), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_deeppoly_equals_auto_lirpa_crown_on_relu_networks(seed):
+    """Same relaxation, independent code: native DeepPoly and auto_LiRPA's CROWN agree within 1e-5."""
+    pytest.importorskip("gcert_lirpa")
+    from gcert_lirpa import compat
+    from gcert_lirpa.plugin import CrownCertifier as Crown
+
+    try:
+        compat.load()
+    except Exception as exc:  # noqa: BLE001 - auto_LiRPA is optional: skip with the adapter's own reason
+        pytest.skip(str(exc))
+
+    torch.manual_seed(seed)
+    if seed % 2:
+        net = nn.Sequential(nn.Flatten(), nn.Linear(36, 20), nn.ReLU(), nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 4))
+    else:
+        net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(108, 10), nn.ReLU(),
+                            nn.Linear(10, 4))
+    x = torch.rand(1, 6, 6)
+    with torch.no_grad():
+        label = int(net(x[None]).argmax())
+    problem = Problem(net.eval(), nn.Identity(), Box(x - 0.05, x + 0.05), Spec.top1(label, 4))
+    native = DEEPPOLY.certify(problem, DEEPPOLY.parse_options({"splits": "1"})).margin_lower
+    crown = Crown().certify(problem, Crown().parse_options()).margin_lower
+    assert abs(native - crown) <= 1e-5
