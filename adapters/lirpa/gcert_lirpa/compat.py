@@ -23,8 +23,10 @@ INSTALL_HINT = "auto_LiRPA is not installed: pip install --no-deps auto-LiRPA==0
 #: Options for every BoundedModule the adapter builds. In 0.3's default "patches" mode, ``BoundSlice``
 #: backward accepts patches only for channel slices without unstable-neuron indices, so a generator whose padded
 #: ConvTranspose2d became a crop fails (checked: a DCGAN-style generator composed with a CNN); a storage-size
-#: error was seen there too. Convolutions are therefore bounded as dense matrices.
-BOUND_OPTS: dict[str, Any] = {"conv_mode": "matrix"}
+#: error was seen there too. Convolutions are therefore bounded as dense matrices. alpha-CROWN's sparse slope
+#: storage (per unstable neuron, per unstable spec row) failed with assertions and shape mismatches on ERAN's
+#: ConvSmall and mnist_relu_6_100 and on ReLUs after Conv1d, so slopes are stored densely (slower, but it runs).
+BOUND_OPTS: dict[str, Any] = {"conv_mode": "matrix", "sparse_spec_alpha": False, "sparse_features_alpha": False}
 
 
 # --- patches that must be in place before ``import auto_LiRPA`` --------------------------------------

@@ -40,7 +40,9 @@ class LirpaOptions:
     """Settings of ``crown`` and ``ibp-lirpa``."""
 
     splits: int = 32  # one-dimensional regions (segments): most pieces when bisecting t (1 = no splitting)
-    probes: int = 5  # concrete points (origin, corners, center) tried for a counterexample when not certified
+    # Concrete points tried for a counterexample when not certified: this many of origin, corners and center,
+    # plus (when > 0) the box vertices where CROWN's linear lower bounds of the worst rows are smallest.
+    probes: int = 5
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class LirpaCertifier(Certifier):
         if margin_lower > 0:
             return Outcome("certified", margin_lower=margin_lower, details=details)
         probes = probe_points(problem, options.probes)
+        if options.probes > 0:
+            probes = torch.cat([probes, crown_vertices(problem)])
         margins = problem.margins(probes)
         best = int(margins.argmin())
         if margins[best] <= 0:
@@ -289,6 +293,25 @@ def _unsupported(exc: BaseException, lirpa: types.ModuleType, log: list[str]) ->
     op = type(node).__name__.removeprefix("Bound")
     return UnsupportedOperatorError(op, f"auto_LiRPA node {node.name!r}", ELSEWHERE,
                                     hint=f"auto_LiRPA 0.3: {one_line(exc)}")
+
+
+def crown_vertices(problem: Problem, rows: int = 3) -> torch.Tensor:
+    """Candidate counterexamples: for the ``rows`` spec rows with the lowest CROWN bound, the vertex of the box
+    where CROWN's linear lower bound of that row is smallest, projected into the region, (<= rows, dim)."""
+    bounded, C, _ = LirpaCertifier._setup(problem)
+    region, module = problem.region, bounded.module
+    x = box_input(bounded.lirpa, region.lower, region.upper)
+    with _lirpa_calls(bounded.lirpa) as log, torch.no_grad():
+        try:
+            lower, _, A = module.compute_bounds(x=(x,), C=C, method="CROWN", bound_upper=False, return_A=True,
+                                                needed_A_dict={module.output_name[0]: module.input_name[0]})
+        except Exception as exc:  # noqa: BLE001
+            raise _unsupported(exc, bounded.lirpa, log) from None
+    slopes = A[module.output_name[0]][module.input_name[0]]["lA"][0].reshape(C.shape[1], -1)
+    worst = lower.reshape(-1).argsort()[:rows]
+    lo, hi = region.lower.to(DTYPE), region.upper.to(DTYPE)
+    vertices = torch.where(slopes[worst] > 0, lo, hi)
+    return region.project(vertices.to(region.lower.dtype))
 
 
 def probe_points(problem: Problem, n: int) -> torch.Tensor:

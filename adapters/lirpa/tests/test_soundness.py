@@ -183,3 +183,18 @@ def test_the_bounded_module_is_built_once_per_network_and_not_kept_alive(monkeyp
     del problem
     gc.collect()
     assert network() is None  # the cache keeps no strong reference to the network it is keyed by
+
+
+def test_the_vertex_minimising_crowns_linear_bound_is_tried_as_a_counterexample():
+    # margin = x0 - x1 + 0.1 on the box 0.5 +- 0.1: +0.1 at the center and both listed corners, -0.1 at (0.4, 0.6).
+    net = nn.Linear(2, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+        net.bias.copy_(torch.tensor([0.1, 0.0]))
+    problem = Problem(net, nn.Identity(), Box(torch.full((2,), 0.4), torch.full((2,), 0.6)), Spec.top1(0, 2))
+    crown = LIRPA["crown"]
+    out = crown.certify(problem, crown.parse_options())
+    assert out.verdict == "falsified" and out.margin_lower == pytest.approx(-0.1)
+    assert out.witness_t.tolist() == pytest.approx([0.4, 0.6])
+    assert confirm_witness(problem, out.witness_t) is not None
+    assert crown.certify(problem, crown.parse_options({"probes": "0"})).verdict == "unknown"
