@@ -30,3 +30,20 @@ def test_crown_never_certifies_what_sampling_falsifies_on_convsmall(conformance,
     assert all(r["guarantee"] == "sound" and r["details"]["dtype"] == "float64" for r in crown)
     # ConvSmall at eps 0.005 is robust on nearly all of these digits (ERAN certifies them with DeepPoly).
     assert sum(r["verdict"] == "certified" for r in crown) >= 8
+
+
+def test_alpha_crown_runs_where_sparse_slopes_broke_and_is_never_looser_than_crown(conformance, tmp_path):
+    # Input 2 of mnist_relu_6_100 at eps 0.02 is not certified by CROWN, so alpha-CROWN optimises; with 0.3's
+    # default sparse slope storage that raised a shape mismatch there (see compat.BOUND_OPTS).
+    config = RunConfig(
+        mutations=("linf",), certifiers=("crown", "alpha-crown"),
+        model=str(conformance / "networks" / "mnist_relu_6_100.onnx"),
+        data=str(conformance / "mnist_test_100.csv"), deltas=(0.02,), limit=3,
+    )
+    out = tmp_path / "r.jsonl"
+    run(config, out, workers=1, progress=False)
+    records = {(r["input"], r["certifier"]): r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(records) == 6 and not any(r.get("error") for r in records.values())
+    alpha, crown = records[("mnist_test_100:2", "alpha-crown")], records[("mnist_test_100:2", "crown")]
+    assert "alpha_crown_error" not in alpha["details"]
+    assert alpha["margin_lower"] > crown["margin_lower"] + 1.0  # CROWN -49.9, alpha-CROWN about -21.5
