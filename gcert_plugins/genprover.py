@@ -56,7 +56,7 @@ def quantitative(lowered: Lowered, spec: Spec, options: GenProverOptions) -> tup
     pieces = propagate(lowered, pieces, stop=stop, max_points=options.max_pieces + 1)
     cells = _cells(pieces, options.max_cells)
     C, d = spec.C.double(), spec.d.double()
-    lower = upper = 0.0
+    lower = failed = 0.0
     evaluated = 0
     for round_ in range(options.refinements + 1):
         out = forward_boxes(lowered, {k: Box(cells.lo[k], cells.hi[k]) for k in cells.lo}, begin=stop)
@@ -66,15 +66,16 @@ def quantitative(lowered: Lowered, spec: Spec, options: GenProverOptions) -> tup
         length = cells.tb - cells.ta
         holds, fails = margin_lo > 0, margin_hi <= 0
         lower += float(length[holds].sum())
-        upper += float(length[~fails].sum())
+        failed += float(length[fails].sum())
         undecided = ~(holds | fails)
         if not bool(undecided.any()) or round_ == options.refinements or cells.ends_a is None:
             break
         chosen = _widest(undecided, length, options.max_cells // 2)
-        upper -= float(length[chosen].sum())  # the halves of these cells are counted next round
-        cells = _bisect(cells, chosen)
-    # Sums of cell lengths can round a hair past 1; the share is a fraction of [0, 1].
-    return min(lower, 1.0), min(upper, 1.0), {"cells_evaluated": evaluated, "exact_prefix_nodes": stop,
+        cells = _bisect(cells, chosen)  # undecided cells left out of the budget simply stay undecided
+    # Undecided cells count toward the upper bound only. Sums of cell lengths can round a last ulp past each
+    # other or past 1; the share is a fraction of [0, 1] with lower <= upper.
+    lower = min(lower, 1.0)
+    return lower, max(lower, min(1.0 - failed, 1.0)), {"cells_evaluated": evaluated, "exact_prefix_nodes": stop,
                                     "exact_prefix_pieces": pieces.count - 1}
 
 
