@@ -73,10 +73,15 @@ class LirpaCertifier(Certifier):
 
     guarantee = "sound"
     Options: ClassVar[type] = LirpaOptions
+    #: The auto_LiRPA methods every bound needs (alpha-CROWN's own failures fall back to CROWN, see below).
+    methods: ClassVar[tuple[str, ...]] = ("CROWN", "IBP")
 
     def prepare(self, problem: Problem) -> None:
         """Build the BoundedModule and bound once, so unsupported layers are reported before any work."""
-        self.bound(problem, self.parse_options())
+        bounded, C, _ = self._setup(problem)
+        for _, x in perturbations(problem, bounded.lirpa):
+            for method in self.methods:
+                compute(bounded, x, C, method)
 
     def certify(self, problem: Problem, options: Any) -> Outcome:
         region = problem.region
@@ -146,6 +151,18 @@ class AlphaCrownCertifier(CrownCertifier):
     description = "alpha-CROWN: CROWN with optimised relaxation slopes (auto_LiRPA 0.3, float64); sound"
     Options = AlphaCrownOptions
 
+    def certify(self, problem: Problem, options: AlphaCrownOptions) -> Outcome:
+        if problem.region.dim > 1 or options.splits <= 1:
+            # Optimising the slopes is costly (seconds to tens of seconds); skip it when CROWN certifies or its
+            # probes already found a counterexample.
+            quick = _CROWN.certify(problem, LirpaOptions(splits=options.splits, probes=options.probes))
+            if quick.verdict != "unknown" or options.iterations <= 0:
+                quick.details["alpha_iterations"] = 0
+                return quick
+        outcome = super().certify(problem, options)
+        outcome.details.setdefault("alpha_iterations", options.iterations)
+        return outcome
+
     def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: AlphaCrownOptions,
                     details: dict[str, Any]) -> torch.Tensor:
         crown = super().lower_bound(bounded, x, C, options, details)
@@ -167,6 +184,7 @@ class AlphaCrownCertifier(CrownCertifier):
 class IbpCertifier(LirpaCertifier):
     name = "ibp-lirpa"
     description = "interval bound propagation through auto_LiRPA 0.3 (float64, spec merged into the last layer); sound"
+    methods = ("IBP",)
 
     def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: LirpaOptions,
                     details: dict[str, Any]) -> torch.Tensor:
@@ -321,6 +339,7 @@ def probe_points(problem: Problem, n: int) -> torch.Tensor:
     return region.project(torch.stack(points[: max(n, 1)]).to(region.lower.dtype))
 
 
+_CROWN = CrownCertifier()
 CERTIFIERS: tuple[Callable[[], Certifier], ...] = (CrownCertifier, AlphaCrownCertifier, IbpCertifier)
 
 

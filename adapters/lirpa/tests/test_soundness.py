@@ -198,3 +198,5 @@ def test_the_vertex_minimising_crowns_linear_bound_is_tried_as_a_counterexample(
     assert out.witness_t.tolist() == pytest.approx([0.4, 0.6])
     assert confirm_witness(problem, out.witness_t) is not None
     assert crown.certify(problem, crown.parse_options({"probes": "0"})).verdict == "unknown"
+    alpha = LIRPA["alpha-crown"].certify(problem, LIRPA["alpha-crown"].parse_options())
+    assert alpha.verdict == "falsified" and alpha.details["alpha_iterations"] == 0  # no optimisation needed
