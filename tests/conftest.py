@@ -8,7 +8,9 @@ import torch
 
 pytest_plugins = ["gcert.testing"]
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the ops here are small, and tests also spawn pool workers; several OpenMP teams on 2 cores
+# oversubscribe badly (seen: a 45 ms 8x8 conv2d under load).
+torch.set_num_threads(1)
 
 
 def conformance_dir() -> Path:
