@@ -33,7 +33,9 @@ _ROW_BUDGET = 4_000_000  # float64 coefficients per back-substituted value at on
 class DeepPolyOptions:
     """Settings of ``deeppoly``."""
 
-    relaxation: str = "deepcert"  # sigmoid/tanh/arctan: "deepcert" (fine-grained) or "tangent" (classic)
+    # sigmoid/tanh/arctan: "deepcert" (fine-grained), "tangent" (classic), or "both" (each sound: keep the better
+    # bound; neither wins everywhere, see benchmarks/results/deepcert.md)
+    relaxation: str = "deepcert"
     splits: int = 32  # one-dimensional regions: most pieces when bisecting t (1 = no splitting)
 
 
@@ -362,9 +364,12 @@ class DeepPoly(Certifier):
         lowered, region = problem.lowered(), problem.region
         ball = region if isinstance(region, LpBall) else None
 
+        methods = ("deepcert", "tangent") if options.relaxation == "both" else (options.relaxation,)
+
         def bound(a: Tensor, b: Tensor) -> float:
             box = Box(a.reshape(1, -1).double(), b.reshape(1, -1).double())
-            return float(spec_lower_bound(DeepPolyAnalysis(lowered, box, ball, options.relaxation), problem.spec).min())
+            return max(float(spec_lower_bound(DeepPolyAnalysis(lowered, box, ball, m), problem.spec).min())
+                       for m in methods)
 
         if region.dim == 1 and options.splits > 1:
             def margins_at(ts: Tensor) -> Tensor:

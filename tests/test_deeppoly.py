@@ -172,3 +172,13 @@ def test_deeppoly_equals_auto_lirpa_crown_on_relu_networks(seed):
     native = DEEPPOLY.certify(problem, DEEPPOLY.parse_options({"splits": "1"})).margin_lower
     crown = Crown().certify(problem, Crown().parse_options()).margin_lower
     assert abs(native - crown) <= 1e-5
+
+
+def test_both_relaxations_keep_the_better_bound():
+    from .test_exact import smooth_network
+
+    for seed in range(3):
+        problem = make_problem(smooth_network(seed), seed, 0.5)
+        bounds = {m: DEEPPOLY.certify(problem, DEEPPOLY.parse_options({"relaxation": m, "splits": "1"})).margin_lower
+                  for m in ("deepcert", "tangent", "both")}
+        assert bounds["both"] == max(bounds["deepcert"], bounds["tangent"])
