@@ -163,7 +163,6 @@ def tolerance(steps: int, **options: Any) -> None:
 
 
 def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
-    from gcert import zoo
     from gcert.plugins import PluginSettings
     from gcert.runner import Context, RunConfig
     from gcert.runner import run as run_jobs
@@ -182,7 +181,7 @@ def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
     for line in ctx.registry.problems + [f"plugin {p.name}: {p.error}" for p in ctx.registry.plugins if p.error]:
         click.echo(f"gcert: warning: {line}", err=True)
     if (o["model"] is None or o["data"] is None) and not o["vnnlib"]:
-        net = o["model"] or zoo.default_network()
+        net = o["model"] or ctx.model.source.removeprefix("zoo:")
         click.echo(f"using zoo network {net!r}" + ("" if o["data"] else f" and its {len(ctx.data)} sample inputs"),
                    err=True)
     out = o["out"]

@@ -78,7 +78,7 @@ class Context:
         self.registry = registry or load_registry(config.plugins)
         model_ref, data_ref = config.model, config.data
         if model_ref is None:
-            model_ref = zoo.default_network()
+            model_ref = _zoo_network_for(config.mutations, self.registry)
         self.model: LoadedModel = load_model(model_ref, _opt_list(config.mean), _opt_list(config.std))
         self.properties: list[Property] = []
         if config.vnnlib:
@@ -160,9 +160,10 @@ class Context:
         outputs = self.clean_outputs(index)
         k = outputs.numel()
         if k == 1:
-            if self.config.tau is None:
+            tau = self.config.tau if self.config.tau is not None else self._zoo_tau()
+            if tau is None:
                 raise GcertError("the model has one output (a regressor): give --tau, the allowed output change")
-            return Spec.regression(float(outputs[0]), self.config.tau)
+            return Spec.regression(float(outputs[0]), tau)
         return Spec.top1(self.label(index), k)
 
     def label(self, index: int) -> int:
@@ -175,6 +176,16 @@ class Context:
         if not 0 <= data_label < k:
             raise InputError(f"input {self.data.ids[index]} has label {data_label} but the model has {k} outputs")
         return data_label
+
+    def _zoo_tau(self) -> float | None:
+        """A zoo regressor's default tolerance (manifest field ``default_tau``), if the model is one."""
+        from gcert import zoo
+
+        source = self.model.source
+        if not source.startswith("zoo:"):
+            return None
+        tau = zoo.entry(source[4:]).get("default_tau")
+        return None if tau is None else float(tau)
 
     def prepare(self) -> None:
         """Let each certifier reject the problem shape before any work (unsupported layers, ...)."""
@@ -264,6 +275,19 @@ class Context:
             info = infos.get(origin)
             plugins[origin] = info.version if info else ""
         return {"gcert": __version__, "torch": torch.__version__, "plugins": plugins}
+
+
+def _zoo_network_for(mutations: tuple[str, ...], registry: Registry) -> str:
+    """The zoo network the mutations' zoo generators are made for (manifest field ``network``), else the default."""
+    from gcert import zoo
+
+    generators = {registry.mutation(m).generator for m in mutations if m in registry.mutations}
+    networks = {e.get("network") for e in zoo.entries() if e["kind"] == "generator" and e["name"] in generators}
+    networks.discard(None)
+    if len(networks) > 1:
+        raise GcertError(f"mutations {', '.join(mutations)} are made for different zoo networks "
+                         f"({', '.join(sorted(networks))}); run them separately or give --model")
+    return str(networks.pop()) if networks else zoo.default_network()
 
 
 VNNLIB_MUTATION = Mutation("vnnlib", "pixel", "pixel", "box", 0.0, norm=math.inf,
