@@ -637,7 +637,7 @@ FUNCTION_RULES: dict[Any, Callable[..., Any]] = {
     F.avg_pool2d: _avg_pool_fn,
     torch.reshape: _reshape_like, torch.flatten: _reshape_like,
     torch.permute: _index_like, torch.transpose: _index_like, torch.squeeze: _index_like,
-    torch.unsqueeze: _index_like, operator.getitem: _index_like,
+    torch.unsqueeze: _index_like, operator.getitem: _index_like, torch.narrow: _index_like,
 }
 
 _METHOD_AS_FUNCTION: dict[str, Any] = {
@@ -649,5 +649,6 @@ METHOD_RULES: dict[str, Callable[..., Any]] = {
     **{name: _method(name) for name in _METHOD_AS_FUNCTION},
     "reshape": _reshape_like, "view": _reshape_like, "flatten": _reshape_like,
     "permute": _index_like, "transpose": _index_like, "squeeze": _index_like, "unsqueeze": _index_like,
+    "expand": _index_like, "expand_as": _index_like, "repeat": _index_like,
     "contiguous": _identity, "float": _identity, "double": _identity,
 }
