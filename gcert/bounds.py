@@ -30,6 +30,12 @@ def affine_box(op: Affine, x: Box) -> Box:
     return Box(y_mid - y_rad - pad, y_mid + y_rad + pad)
 
 
+def spec_rows(C: Tensor, d: Tensor, out: Box) -> Box:
+    """Bounds of the spec rows ``C @ y + d`` (float64) for outputs ``y`` in the box ``out`` (batch of one)."""
+    return affine_box(Affine(lambda x: x @ C.T, d, lambda x: x @ C.abs().T, C.shape[1]),
+                      Box(out.lo.reshape(1, -1), out.hi.reshape(1, -1)))
+
+
 def node_box(op: object, args: list[Box]) -> Box:
     """The transfer function of one primitive op on boxes."""
     if isinstance(op, Affine):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from gcert.contracts import Outcome
+from gcert.problem import Problem
 
 Tensor = torch.Tensor
 
@@ -58,3 +59,30 @@ def bisect(lower_bound: Callable[[float, float], float], margins_at: Callable[[T
 def as_outcome(result: SplitResult, details: dict[str, object] | None = None) -> Outcome:
     return Outcome(result.verdict, margin_lower=result.margin_lower, margin_upper=result.margin_upper,
                    witness_t=result.witness_t, pieces=result.pieces, details=details or {})
+
+
+def decide(problem: Problem, bound: Callable[[Tensor, Tensor], float], splits: int) -> Outcome:
+    """The verdict of a sound certifier from ``bound(lo, hi)``, a lower bound of the margin over a sub-box of t.
+
+    One-dimensional regions are bisected best-first (up to ``splits`` pieces); elsewhere the whole region is
+    bounded once and, when that does not certify, a few concrete points (the unmutated input, the box corners
+    and centre, projected into the region) are tried for a counterexample.
+    """
+    region = problem.region
+    if region.dim == 1 and splits > 1:
+        lowered = problem.lowered()
+        result = bisect(lambda a, b: bound(torch.tensor([a]), torch.tensor([b])),
+                        lambda ts: problem.spec.margin(lowered.forward(ts)),
+                        float(region.lower[0]), float(region.upper[0]), splits)
+        return as_outcome(result)
+    margin_lower = bound(region.lower, region.upper)
+    if margin_lower > 0:
+        return Outcome("certified", margin_lower=margin_lower)
+    points = [region.origin(), region.lower, region.upper, (region.lower + region.upper) / 2]
+    probes = region.project(torch.stack(points).to(region.lower.dtype))
+    margins = problem.margins(probes)
+    best = int(margins.argmin())
+    if margins[best] <= 0:
+        return Outcome("falsified", margin_lower=margin_lower, margin_upper=float(margins[best]),
+                       witness_t=probes[best])
+    return Outcome("unknown", margin_lower=margin_lower, margin_upper=float(margins.min()))

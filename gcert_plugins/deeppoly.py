@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import torch
 
 import gcert
-from gcert.bounds import Box, affine_box, node_box
+from gcert.bounds import Box, node_box, spec_rows
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError
 from gcert.lowering import Activation, Add, Affine, Concat, Lowered, MaxPool
 from gcert.problem import Problem
 from gcert.regions import LpBall
 from gcert.spec import Spec
-from gcert.splitting import as_outcome, bisect
+from gcert.splitting import decide
 
 Tensor = torch.Tensor
 _PAD = 1e-9  # relative padding of concretised bounds for float64 rounding (see the module docs)
@@ -345,10 +345,7 @@ def spec_lower_bound(analysis: DeepPolyAnalysis, spec: Spec) -> Tensor:
     lam = C.reshape(C.shape[0], *out_shape)
     back = analysis.lower_bounds(lowered.output, lam, d)
     # The interval bound of the same rows is sound too, and sometimes tighter (e.g. behind max-pooling).
-    out = analysis.boxes[lowered.output]
-    rows = affine_box(Affine(lambda x: x @ C.T, d, lambda x: x @ C.abs().T, C.shape[1]),
-                      Box(out.lo.reshape(1, -1), out.hi.reshape(1, -1)))
-    return torch.maximum(back, rows.lo[0])
+    return torch.maximum(back, spec_rows(C, d, analysis.boxes[lowered.output]).lo[0])
 
 
 class DeepPoly(Certifier):
@@ -371,23 +368,7 @@ class DeepPoly(Certifier):
             return max(float(spec_lower_bound(DeepPolyAnalysis(lowered, box, ball, m), problem.spec).min())
                        for m in methods)
 
-        if region.dim == 1 and options.splits > 1:
-            def margins_at(ts: Tensor) -> Tensor:
-                return problem.spec.margin(lowered.forward(ts))
-
-            result = bisect(lambda a, b: bound(torch.tensor([a]), torch.tensor([b])), margins_at,
-                            float(region.lower[0]), float(region.upper[0]), options.splits)
-            return as_outcome(result)
-        margin_lower = bound(region.lower, region.upper)
-        if margin_lower > 0:
-            return Outcome("certified", margin_lower=margin_lower)
-        probes = region.project(torch.stack([region.origin(), region.lower, region.upper]).to(region.lower.dtype))
-        margins = problem.margins(probes)
-        best = int(margins.argmin())
-        if margins[best] <= 0:
-            return Outcome("falsified", margin_lower=margin_lower, margin_upper=float(margins[best]),
-                           witness_t=probes[best])
-        return Outcome("unknown", margin_lower=margin_lower, margin_upper=float(margins.min()))
+        return decide(problem, bound, options.splits)
 
 
 @gcert.hookimpl
