@@ -15,45 +15,11 @@ from gcert.problem import Problem
 from gcert.regions import Box, LpBall, Segment
 from gcert.runner import confirm_witness
 from gcert.spec import Spec
-from gcert.testing import make_registry
+from gcert.testing import make_registry, random_network, random_region
 from gcert_plugins.interval import output_bounds
 
 REG = make_registry()
 INTERVAL, SAMPLING = REG.certifier("interval"), REG.certifier("sampling")
-
-ACTIVATIONS = [nn.ReLU, nn.Sigmoid, nn.Tanh, lambda: nn.LeakyReLU(0.1), lambda: nn.Hardtanh(-0.5, 0.5)]
-
-
-def random_network(seed: int, conv: bool) -> nn.Module:
-    """A small random network over 1x6x6 images, with the layer kinds real networks use."""
-    torch.manual_seed(seed)
-    act = ACTIVATIONS[seed % len(ACTIVATIONS)]
-    if conv:
-        layers = [
-            nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), act(),
-            nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1), act(),
-            nn.MaxPool2d(2) if seed % 2 else nn.AvgPool2d(2),
-            nn.Conv2d(2, 4, 3, stride=2), nn.Flatten(), nn.Linear(4 * 2 * 2, 4),
-        ]
-    else:
-        layers = [nn.Flatten(), nn.Linear(36, 12), act(), nn.Linear(12, 8), act(), nn.Linear(8, 4)]
-    net = nn.Sequential(*layers)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(-2, 2)
-    return net.eval()
-
-
-def random_region(kind: str, gen: torch.Generator) -> Segment | Box | LpBall:
-    center = torch.rand(1, 6, 6, generator=gen)
-    if kind == "segment":
-        return Segment(center, center + 0.5 * torch.randn(1, 6, 6, generator=gen))
-    if kind == "box":
-        return Box(center - 0.05, center + 0.05)
-    return LpBall(center, 0.1, math.inf if kind == "linf" else 2, clip=(0.0, 1.0))
-
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), conv=st.booleans(), kind=st.sampled_from(["segment", "box", "linf", "l2"]))
