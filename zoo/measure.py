@@ -44,7 +44,7 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _calibrate(generator: nn.Module, src: FactorSource, codes: torch.Tensor, factors: torch.Tensor, state: dict,
+def calibrate_mutation(generator: nn.Module, src: FactorSource, codes: torch.Tensor, factors: torch.Tensor, state: dict,
                mutation: dict[str, Any]) -> dict[str, float]:
     """Which true strength does one step of ``default_delta`` along the mutation produce?
 
@@ -117,7 +117,7 @@ def generator_figures(entry: dict[str, Any], generator: nn.Module, encoder: nn.M
     sub = _subset(state, slice(0, n))
     effects = []
     for m in entry["mutations"]:
-        cal = _calibrate(generator, src, codes[:n], factors[:n], sub, m)
+        cal = calibrate_mutation(generator, src, codes[:n], factors[:n], sub, m)
         cal = {k: round(v, 4) for k, v in cal.items()}
         with torch.enable_grad():
             d = mutation_direction(generator, codes[0], m)

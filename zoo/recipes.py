@@ -290,6 +290,28 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)  # stdout carries the manifest entry (gcert zoo train prints it)
 
 
+CALIBRATION_SEED = 4242
+
+
+def calibrate(entry: dict[str, Any], generator: nn.Module, encoder: nn.Module, n: int = 32) -> None:
+    """Set each mutation's ``latent_per_unit`` so that one unit gives one unit of the ground truth.
+
+    The latent coordinate of a factor was *trained* to mean ``scale`` physical units per latent
+    unit, but a regulated generator may draw a little less or more (continuity smooths). The measured
+    strength of a step of ``default_delta`` (the calibration of :mod:`gcert_zoo.measure`, on training
+    data, never the held-out set the figures use) rescales the direction; the factor is recorded.
+    """
+    src = SOURCES[entry["dataset_source"]]()
+    _, x, f, state = src.sample(n, torch.Generator().manual_seed(CALIBRATION_SEED), split="train")
+    with torch.no_grad():
+        codes = encoder(x)
+    for m in entry["mutations"]:
+        found = measure.calibrate_mutation(generator, src, codes, f, state, m)["measured_mean"]
+        factor = float(np.clip(m["default_delta"] / found, 0.5, 2.0)) if found * m["default_delta"] > 0 else 1.0
+        m["latent_per_unit"] *= factor
+        m["calibration_factor"] = round(factor, 4)
+
+
 def build_generator(name: str, out: Path, steps: int | None = None, log: Any = _stderr) -> dict[str, Any]:
     """Train a generator recipe, write its weights, encoder and samples into ``out``, measure its figures."""
     recipe = GENERATOR_RECIPES[name]
@@ -304,8 +326,9 @@ def build_generator(name: str, out: Path, steps: int | None = None, log: Any = _
         "weights": weights.name, "sha256": sha256_file(weights),
         "encoder": encoder.name, "encoder_sha256": sha256_file(encoder),
         "samples": samples.name, "samples_sha256": sha256_file(samples),
-        "recipe": recipe.describe(), "training_seconds": round(seconds, 1),
+        "recipe": recipe.describe() + "; directions calibrated on training data", "training_seconds": round(seconds, 1),
     })
+    calibrate(entry, gen, enc)
     entry["metrics"] = measure.generator_figures(entry, gen, enc)
     return entry
 
