@@ -112,3 +112,13 @@ def test_enclosing_rectangle_recovers_the_rendered_rectangle(params):
     assert (r.cx, r.cy) == (pytest.approx(params[1], abs=0.1), pytest.approx(params[2], abs=0.1))
     assert r.size == pytest.approx(s * (12 * 6) ** 0.5, rel=0.04)
     assert shear_percent(_shape(0, 12, 6, [0, 0, 0, 0, 20]).numpy()) == pytest.approx(20, abs=1)
+
+
+def test_shear_is_read_in_the_shapes_own_frame():
+    from gcert_zoo.rectangles import shear_percent
+
+    upright = shear_percent(_shape(0, 12, 6, [0, 0, 0, 0, -20]).numpy())
+    turned = shear_percent(_shape(0, 12, 6, [15, 1, 0, 0, -20]).numpy())
+    assert upright == pytest.approx(-20, abs=1) and turned == pytest.approx(-20, abs=3)
+    # without turning back, a 15 degree tilt of a 2:1 rectangle reads as a large shear
+    assert abs(shear_percent(_shape(0, 12, 6, [15, 0, 0, 0, 0]).numpy(), upright=False)) > 30

@@ -107,12 +107,23 @@ def min_enclosing_rectangle(image: np.ndarray, level: float = 0.5) -> Rectangle 
     return Rectangle(float(centre[0]), float(centre[1]), float(long), float(short), float(angle))
 
 
-def shear_percent(image: np.ndarray) -> float:
+def shear_percent(image: np.ndarray, upright: bool = True) -> float:
     """Horizontal shear in percent from intensity moments, ``100 cov(x, y) / var(y)``.
 
     For an upright shape symmetric about its axes, sheared by x += k y, this is exactly 100 k.
+    With ``upright`` the image is first turned back by its enclosing rectangle's angle (a sheared
+    rectangle's enclosing rectangle lies along its long sides), since for an elongated shape even a
+    small tilt would read as shear: cov/var grows by (long^2/short^2 - 1) times the tilt.
     """
     img = np.asarray(image, dtype=np.float64)
+    if upright:
+        rect = min_enclosing_rectangle(img)
+        if rect is not None and abs(rect.angle) > 0.01:
+            import torch
+            from gcert_zoo.datasets import warp
+
+            params = torch.tensor([[-rect.angle, 0.0, 0.0, 0.0, 0.0]])
+            img = warp(torch.from_numpy(img).float()[None, None], params)[0, 0].double().numpy()
     h, w = img.shape
     ys, xs = np.mgrid[0:h, 0:w] + 0.5
     m = img.sum()
