@@ -120,6 +120,8 @@ _JOB_OPTIONS = [
     click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N inputs."),
     click.option("--workers", type=click.IntRange(min=1), default=None,
                  help="Worker processes (default: one per core when there is enough work)."),
+    click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="torch threads in this process (workers use one each); more helps big networks on idle cores."),
     click.option("--mean", default=None, help="Per-channel mean the model normalises with, e.g. 0.1307."),
     click.option("--std", default=None, help="Per-channel std the model normalises with, e.g. 0.3081."),
     click.option("--input-shape", default=None, help="C,H,W of CSV rows that are not square images."),
@@ -185,7 +187,7 @@ def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
         click.echo(f"using zoo network {net!r}" + ("" if o["data"] else f" and its {len(ctx.data)} sample inputs"),
                    err=True)
     out = o["out"]
-    summary = run_jobs(config, out, workers=o["workers"], progress=not o["quiet"], context=ctx)
+    summary = run_jobs(config, out, workers=o["workers"], progress=not o["quiet"], context=ctx, threads=o["threads"])
     click.echo(_summary_text(summary, out), err=True)
     if summary.interrupted:
         click.echo(f"interrupted: {out} holds every finished record; rerun the same command to resume", err=True)

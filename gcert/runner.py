@@ -398,8 +398,15 @@ class RunSummary:
 
 
 def run(config: RunConfig, out: str | os.PathLike[str], workers: int | None = None, progress: bool = True,
-        context: Context | None = None, on_record: Callable[[Certificate], None] | None = None) -> RunSummary:
-    """Certify every task of ``config`` not yet in ``out``, appending one record per task as it finishes."""
+        context: Context | None = None, on_record: Callable[[Certificate], None] | None = None,
+        threads: int | None = 1) -> RunSummary:
+    """Certify every task of ``config`` not yet in ``out``, appending one record per task as it finishes.
+
+    ``threads``: torch threads for in-process work (pool workers always use one each). One by default: the
+    tensors here are small, and several OpenMP teams on a busy machine slow tiny ops down 10-60x.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
     ctx = context or Context(config)
     tasks = ctx.tasks()
     with ResultStore(out) as store:
