@@ -44,16 +44,24 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate_mutation(generator: nn.Module, src: FactorSource, codes: torch.Tensor, factors: torch.Tensor, state: dict,
-               mutation: dict[str, Any]) -> dict[str, float]:
+def calibrate_mutation(generator: nn.Module, encoder: nn.Module, src: FactorSource, factors: torch.Tensor,
+                       state: dict, mutation: dict[str, Any]) -> dict[str, float]:
     """Which true strength does one step of ``default_delta`` along the mutation produce?
 
-    For each sample, ``G(z + delta * direction)`` is compared with the ground truth re-rendered with
-    the factor moved by ``d`` for ``d`` on a grid over [0, 2 delta]; the best ``d`` (refined by a
-    parabola through its neighbours) is the measured strength.
+    Each sample is re-rendered with the mutated factor placed (evenly over the samples) where the
+    whole check stays inside the trained range, then encoded; ``G(z + delta * direction)`` is
+    compared with the ground truth re-rendered with the factor moved by ``d`` for ``d`` on a grid
+    over [0, 2 delta]; the best ``d`` (refined by a parabola through its neighbours) is the
+    measured strength. (Near the edge of the range a generator cannot follow; that is extrapolation,
+    not calibration.)
     """
     delta = float(mutation["default_delta"])
     j = list(src.factors).index(mutation["factor"])
+    lo, hi = src.centre[j] - src.scale[j], src.centre[j] + src.scale[j]
+    first, last = (lo, hi - 2 * delta) if delta > 0 else (lo - 2 * delta, hi)
+    factors = factors.clone()
+    factors[:, j] = torch.linspace(first, last, len(factors))
+    codes = encoder(src.render(state, factors))
     with torch.enable_grad():
         dirs = torch.stack([mutation_direction(generator, z, mutation) for z in codes])
     mutated = generator(codes + delta * dirs)
@@ -117,7 +125,7 @@ def generator_figures(entry: dict[str, Any], generator: nn.Module, encoder: nn.M
     sub = _subset(state, slice(0, n))
     effects = []
     for m in entry["mutations"]:
-        cal = calibrate_mutation(generator, src, codes[:n], factors[:n], sub, m)
+        cal = calibrate_mutation(generator, encoder, src, factors[:n], sub, m)
         cal = {k: round(v, 4) for k, v in cal.items()}
         with torch.enable_grad():
             d = mutation_direction(generator, codes[0], m)
