@@ -53,6 +53,7 @@ def main() -> int:
     ap.add_argument("--benchmarks", default="eran,mnistfc,verivital")
     ap.add_argument("--limit", type=int, default=None, help="instances per benchmark")
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/results/vnncomp"))
+    ap.add_argument("--name", default="vnncomp", help="report name (benchmarks/results/NAME.json and .md)")
     args = ap.parse_args()
     certifiers = tuple(args.certifiers.split(","))
     votes = consensus(args.conformance)
@@ -94,7 +95,7 @@ def main() -> int:
     columns = ["benchmark", "certifier", "instances", "consensus robust", "certified", "falsified", "unknown",
                "certified but not_robust", "falsified but robust", "s per instance", "ERAN (published)"]
     json_path, md_path = write_report(
-        "vnncomp", "VNN-COMP 2021 conformance", columns, rows,
+        args.name, "VNN-COMP 2021 conformance", columns, rows,
         notes="Each instance runs through gcert.runner.run (ONNX + VNN-LIB). 'certified but not_robust' must be 0.",
         extra={"unsound": unsound})
     print(md_path.read_text())

@@ -182,3 +182,23 @@ def test_both_relaxations_keep_the_better_bound():
         bounds = {m: DEEPPOLY.certify(problem, DEEPPOLY.parse_options({"relaxation": m, "splits": "1"})).margin_lower
                   for m in ("deepcert", "tangent", "both")}
         assert bounds["both"] == max(bounds["deepcert"], bounds["tangent"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crown_with_splitting_never_certifies_what_exactline_falsifies(seed):
+    pytest.importorskip("gcert_lirpa")
+    from gcert_lirpa import compat
+    from gcert_lirpa.plugin import CrownCertifier as Crown
+
+    try:
+        compat.load()
+    except Exception as exc:  # noqa: BLE001 - auto_LiRPA is optional
+        pytest.skip(str(exc))
+    problem = make_problem(pwl_network(seed % 3), seed, 2.0)  # the residual net (3) has ops 0.3 cannot take
+    exact = EXACT.certify(problem, EXACT.parse_options())
+    crown = Crown().certify(problem, Crown().parse_options())
+    if exact.verdict == "falsified":
+        assert crown.verdict != "certified"
+    assert crown.margin_lower <= exact.margin_lower + 1e-9
+    if crown.verdict == "falsified":
+        assert confirm_witness(problem, crown.witness_t) is not None
