@@ -65,13 +65,18 @@ def load_network(name: str) -> tuple[nn.Module, tuple[int, ...]]:
 
 def inputs_for_generator(name: str) -> Path:
     """Sample inputs to mutate through a generator: a zoo generator's own, else the default network's."""
-    if name in generator_names():
+    if name in generator_names() or name in stylized_generator_names():
         return zoo_dir() / entry(name)["samples"]
     return samples_path(default_network())
 
 
 def generator_names() -> list[str]:
     return [e["name"] for e in entries() if e["kind"] == "generator"]
+
+
+def stylized_generator_names() -> list[str]:
+    """Conditional generators ``G(a, delta)`` of stylized mutations (registered by the ``weather`` plugin)."""
+    return [e["name"] for e in entries() if e["kind"] == "stylized-generator"]
 
 
 def load_generator(name: str) -> nn.Module:
@@ -102,6 +107,10 @@ def measure(name: str) -> dict[str, Any]:
     from gcert_zoo.recipes import network_figures
 
     e = entry(name)
+    if e.get("dataset_source") == "driving":  # steering regressors and stylized generators measure their own
+        from gcert_zoo.weather import entry_figures
+
+        return entry_figures(e, zoo_dir())
     if e["kind"] == "generator":
         return m.generator_figures(e, load_generator(name), load_encoder(name))
     return network_figures(e, load_network(name)[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from gcert_zoo.weather import WEATHER_ARCHITECTURES
 from torch import nn
 
 from gcert.generators import PiecewiseLinearOutput
@@ -140,4 +141,5 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "shapes_generator": shapes_generator,
     "faces_generator": faces_generator,
     **ENCODERS,
+    **WEATHER_ARCHITECTURES,
 }

@@ -26,6 +26,7 @@ from gcert_zoo.datasets import (
     digits_split,
 )
 from gcert_zoo.mutations import REGIONS
+from gcert_zoo.weather import WEATHER_RECIPES
 from safetensors.torch import save_file
 from torch import nn
 
@@ -442,6 +443,7 @@ RECIPES = {
     "shapes-cnn": lambda out: build_classifier("shapes-cnn", out),
     "faces-cnn": lambda out: build_classifier("faces-cnn", out),
     **{name: _generator_recipe(name) for name in GENERATOR_RECIPES},
+    **WEATHER_RECIPES,
 }
 
 
