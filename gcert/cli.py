@@ -306,7 +306,7 @@ def mutate(mutation: str, input_ref: str | None, limit: int, delta: float | None
     data = load_inputs(input_ref or z.inputs_for_generator(m.generator), limit)
     strips = mutation_strips(registry, mutation, data.images, delta, steps, symmetric)
     value_range = registry.generator_spec(m.generator).value_range
-    side = int(strips.rows[0].shape[-1])
+    side = int(min(strips.rows[0].shape[-2:]))  # the short side: wide driving scenes get tiles as tall as square ones
     save_grid(strips.rows, out, scale=scale or max(1, 64 // side), value_range=value_range, leading=strips.inputs)
     lo = -strips.delta if symmetric else 0.0
     click.echo(f"wrote {out}: {len(strips.rows)} inputs x {steps} images, {mutation} from {lo:g} to "
