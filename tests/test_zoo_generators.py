@@ -191,3 +191,35 @@ def test_default_run_certifies_rotation_through_the_digits_generator(tmp_path):
     for r in records:
         assert r["error"] is None and r["unit"] == "deg" and r["kind"] == "geometric"
         assert r["inversion_error"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in GENERATORS if n != "digits-geometric"])
+def test_figures_of_the_other_generators_reproduce(name):
+    assert zoo.verify(name, figures=True) == []
+
+
+def test_local_mutations_project_their_factor_onto_the_background_null_space():
+    """eyes/mouth directions are Eq. 17 projections at the input's control point, not the raw axis."""
+    from gcert_zoo.mutations import REGIONS
+
+    from gcert.generators import jacobian
+
+    reg = make_registry()
+    local = [m for n in GENERATORS for m in zoo.entry(n)["mutations"] if m.get("foreground")]
+    if not local:
+        pytest.skip("no local mutations in this zoo")
+    for spec in local:
+        mutation = reg.mutation(spec["name"])
+        g = reg.generator(mutation.generator)
+        image = torch.from_numpy(np.load(zoo.inputs_for_generator(mutation.generator))["images"][0])
+        z, _ = reg.generator_spec(mutation.generator).invert(g, image)
+        d = mutation.direction(g, z)
+        raw = torch.zeros_like(d)
+        raw[spec["latent_index"]] = spec["latent_per_unit"]
+        assert not torch.allclose(d, raw)
+        background = ~REGIONS[spec["foreground"]]()
+        jb, jf = jacobian(g, z, background), jacobian(g, z, ~background)
+        # the foreground change of one unit is kept (least squares), the background change never grows
+        assert float((jf @ d) @ (jf @ raw)) == pytest.approx(float((jf @ d) @ (jf @ d)), rel=1e-3)
+        assert float((jb @ d).norm()) <= float((jb @ raw).norm()) * 1.0001

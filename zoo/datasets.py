@@ -227,13 +227,13 @@ def render_faces(people: dict[str, Tensor], attrs: dict[str, Tensor], size: int 
     for phi in (-0.45, 0.45):
         ang = phi + yaw
         ex = cx + head_r * torch.sin(ang)
-        erx = 2.1 * torch.cos(ang).clamp(min=0.35)
+        erx = 2.4 * torch.cos(ang).clamp(min=0.35)
         lid = ((x - ex).abs() <= erx) & ((y - eye_y).abs() <= 0.45)
         paint(lid, dark)
-        ery = 0.15 + 1.6 * openness
+        ery = 0.2 + 1.9 * openness
         sclera = ((x - ex) / erx) ** 2 + ((y - eye_y) / ery) ** 2 <= 1
         paint(sclera, torch.ones(n, 3))
-        iris = sclera & (((x - ex) / erx.clamp(max=1.1)) ** 2 + ((y - eye_y) / 1.1) ** 2 <= 1)
+        iris = sclera & (((x - ex) / erx.clamp(max=1.3)) ** 2 + ((y - eye_y) / 1.3) ** 2 <= 1)
         paint(iris, torch.tensor([0.15, 0.25, 0.45]).expand(n, 3))
 
     nose_x = cx + head_r * torch.sin(yaw) * 1.05
@@ -241,10 +241,10 @@ def render_faces(people: dict[str, Tensor], attrs: dict[str, Tensor], size: int 
     paint(nose, skin * 0.8)
 
     mouth_x = cx + head_r * torch.sin(yaw) * 0.95
-    half = 3.6 * torch.cos(yaw).clamp(min=0.5)
+    half = 4.0 * torch.cos(yaw).clamp(min=0.5)
     dx = (x - mouth_x) / half
-    curve = cy + 5.5 - col(attrs["mouth"]) * 1.8 * (dx * dx - 0.5)
-    mouth = (dx.abs() <= 1) & ((y - curve).abs() <= 0.6)
+    curve = cy + 5.5 - col(attrs["mouth"]) * 2.2 * (dx * dx - 0.5)
+    mouth = (dx.abs() <= 1) & ((y - curve).abs() <= 0.75)
     paint(mouth, torch.tensor([0.65, 0.12, 0.15]).expand(n, 3))
 
     img = img.reshape(n, 3, size, supersample, size, supersample).mean(dim=(3, 5))
