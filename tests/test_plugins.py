@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import ast
 import inspect
 import math
+import re
 import sys
 import types
 from pathlib import Path
