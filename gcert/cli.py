@@ -82,7 +82,8 @@ def list_cmd(as_json: bool) -> None:
         })
     details = {
         "mutations": {n: {"kind": e.value.kind, "generator": e.value.generator, "unit": e.value.unit,
-                          "default_delta": e.value.default_delta, "plugin": e.plugin,
+                          "default_delta": e.value.default_delta, "levels": list(e.value.default_deltas),
+                          "plugin": e.plugin,
                           "description": e.value.description} for n, e in sorted(reg.mutations.items())},
         "certifiers": {n: {"guarantee": e.value.guarantee, "plugin": e.plugin,
                            "description": e.value.description} for n, e in sorted(reg.certifiers.items())},
@@ -143,7 +144,8 @@ def _job_options(fn: Any) -> Any:
 
 @cli.command()
 @_job_options
-@click.option("--delta", default=None, help="Mutation strength(s), comma-separated, in the mutation's unit.")
+@click.option("--delta", default=None, help="Mutation strength(s), comma-separated, in the mutation's unit "
+              "(default: each mutation's levels, e.g. 0.2,0.5,0.8 for foggy, else its default strength).")
 @click.option("--out", default="gcert-results.jsonl", show_default=True, type=click.Path(dir_okay=False),
               help="JSONL results; a rerun with the same file resumes.")
 def run(**options: Any) -> None:

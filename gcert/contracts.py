@@ -6,6 +6,7 @@ These are the small contracts of DESIGN section 2; the host validates every regi
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -63,7 +64,8 @@ class Mutation:
     ``direction(G, control)`` gives the change of the control per one unit of strength, so
     the segment of strength ``delta`` is ``control + t * delta * direction`` for ``t`` in [0, 1].
     Pixel-ball mutations (``kind == "pixel"`` with ``norm`` set) have no direction: their
-    region is the ``norm`` ball of radius ``delta`` around the image.
+    region is the ``norm`` ball of radius ``delta`` around the image. ``levels`` are the strengths a
+    run certifies when it is given none (default: ``default_delta`` alone), e.g. small / medium / heavy.
     """
 
     name: str
@@ -74,15 +76,23 @@ class Mutation:
     direction: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     norm: float | None = None
     description: str = ""
+    levels: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _check_name("mutation", self.name)
+        if any(not math.isfinite(d) or d < 0 for d in self.levels):
+            raise GcertError(f"mutation {self.name!r}: levels must be finite strengths >= 0, got {self.levels}")
         if self.kind not in MUTATION_KINDS:
             raise GcertError(
                 f"mutation {self.name!r}: kind {self.kind!r} is not one of {', '.join(MUTATION_KINDS)}"
             )
         if (self.direction is None) == (self.norm is None):
             raise GcertError(f"mutation {self.name!r}: give exactly one of direction= or norm=")
+
+    @property
+    def default_deltas(self) -> tuple[float, ...]:
+        """The strengths a run certifies when none is given."""
+        return tuple(self.levels) or (self.default_delta,)
 
 
 @dataclass

@@ -119,7 +119,7 @@ class Context:
         out = []
         for i, input_id in enumerate(self.data.ids):
             for m, mutation in self.mutations.items():
-                deltas = (0.0,) if self.properties else self.config.deltas or (mutation.default_delta,)
+                deltas = (0.0,) if self.properties else self.config.deltas or mutation.default_deltas
                 for delta in deltas:
                     out.extend(Task(i, input_id, m, float(delta), c) for c in self.certifiers)
         return out
@@ -197,7 +197,7 @@ class Context:
     def _first_delta(self, mutation: str) -> float:
         if self.properties:
             return 0.0
-        return (self.config.deltas or (self.mutations[mutation].default_delta,))[0]
+        return (self.config.deltas or self.mutations[mutation].default_deltas)[0]
 
     def solve(self, task: Task) -> Certificate:
         """Run one task (or its tolerance search); failures become records with an ``error``."""
@@ -277,12 +277,16 @@ class Context:
         return {"gcert": __version__, "torch": torch.__version__, "plugins": plugins}
 
 
+GENERATOR_KINDS = ("generator", "stylized-generator")
+"""Zoo entry kinds that are generators; their ``network`` field names the zoo network they are made for."""
+
+
 def _zoo_network_for(mutations: tuple[str, ...], registry: Registry) -> str:
     """The zoo network the mutations' zoo generators are made for (manifest field ``network``), else the default."""
     from gcert import zoo
 
     generators = {registry.mutation(m).generator for m in mutations if m in registry.mutations}
-    networks = {e.get("network") for e in zoo.entries() if e["kind"] == "generator" and e["name"] in generators}
+    networks = {e.get("network") for e in zoo.entries() if e["kind"] in GENERATOR_KINDS and e["name"] in generators}
     networks.discard(None)
     if len(networks) > 1:
         raise GcertError(f"mutations {', '.join(mutations)} are made for different zoo networks "

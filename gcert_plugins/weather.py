@@ -80,4 +80,5 @@ def gcert_register_mutations(register: Callable[[Mutation], None]) -> None:
             register(Mutation(
                 m["name"], m["kind"], e["name"], m["unit"], float(m["default_delta"]), direction=strength_direction,
                 description=f"{e['style']} of strength delta in [0, 1] through {e['name']}",
+                levels=tuple(float(d) for d in m.get("levels", ())),
             ))
