@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import types
 import warnings
 import weakref
@@ -32,7 +33,8 @@ DTYPE = torch.float64
 #: Where auto_LiRPA 0.3 and the network it computes may differ (relative to the outputs' size) before the
 #: adapter refuses the network: 0.3 silently ignores some layer settings (e.g. a pooling ``ceil_mode``).
 FORWARD_TOLERANCE = 1e-9
-ELSEWHERE = ("sampling",)
+#: gcert's own certifiers, which bound every layer gcert's lowering knows (exactline: piecewise-linear ones).
+ELSEWHERE = ("interval", "deeppoly", "exactline", "sampling")
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,13 @@ def _unsupported(exc: BaseException, lirpa: types.ModuleType, log: list[str]) ->
     """One line naming the operator auto_LiRPA failed on (from its log, or the Bound object in the traceback)."""
     if isinstance(exc, GcertError):
         return exc
+    if _out_of_memory(exc):
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        size = f" (one allocation of {int(asked.group(1)) / 2**30:.1f} GiB)" if asked else ""
+        return GcertError(
+            f"auto_LiRPA 0.3 ran out of memory bounding this network{size}: it bounds convolutions as dense "
+            "matrices (gcert_lirpa.compat.BOUND_OPTS); use certifier exactline (complete on a segment of a "
+            "piecewise-linear network), deeppoly or interval")
     names = sorted({m.split("Name: ", 1)[1].split(",")[0] for m in log if m.startswith("Name: ")})
     if names:
         return UnsupportedOperatorError(names[0], "the network as auto_LiRPA 0.3 parses it", ELSEWHERE,
@@ -311,6 +320,11 @@ def _unsupported(exc: BaseException, lirpa: types.ModuleType, log: list[str]) ->
     op = type(node).__name__.removeprefix("Bound")
     return UnsupportedOperatorError(op, f"auto_LiRPA node {node.name!r}", ELSEWHERE,
                                     hint=f"auto_LiRPA 0.3: {one_line(exc)}")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def crown_vertices(problem: Problem, rows: int = 3) -> torch.Tensor:

@@ -181,3 +181,13 @@ def test_what_auto_lirpa_cannot_bound_is_refused_in_one_line(lirpa, name):
         CROWN.prepare(problem)
     message = str(err.value)
     assert err.value.op == op and "\n" not in message and "sampling" in message, message
+
+
+def test_running_out_of_memory_is_not_called_an_unsupported_operator(lirpa):
+    """auto_LiRPA's allocation failures name the size and the certifiers that scale, in one line."""
+    exc = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 28991029248 bytes. Error code 12 (Cannot allocate memory)")
+    err = plugin._unsupported(exc, lirpa, [])
+    message = str(err)
+    assert not isinstance(err, UnsupportedOperatorError) and "\n" not in message
+    assert "out of memory" in message and "27.0 GiB" in message and "exactline" in message
