@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--certifiers", default="interval,exactline,deeppoly")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--styles", default=",".join(STYLES))
+    ap.add_argument("--name", default="weather", help="report name under benchmarks/results/")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("-o", "--option", action="append", default=[], help="certifier.key=value")
     ap.add_argument("--samples-for", action="append", default=[], metavar="CERTIFIER=N",
@@ -70,7 +72,8 @@ def main() -> None:
         options.setdefault(cert, {})[name] = value
     fewer = {k: int(v) for k, _, v in (item.partition("=") for item in args.samples_for)}
     rows = []
-    for style in STYLES:
+    styles = args.styles.split(",")
+    for style in styles:
         for model in args.models.split(","):
             for certifier in args.certifiers.split(","):
                 samples = fewer.get(certifier, args.samples)
@@ -80,7 +83,7 @@ def main() -> None:
     columns = ["style", "regressor", "certifier", "scenes"] + [f"certified {d:g}" for d in LEVELS] + \
         [f"falsified {d:g}" for d in LEVELS] + ["s per input", "pieces per segment", "errors"]
     tau = {m: zoo.entry(m)["default_tau"] for m in args.models.split(",")}
-    generators = {s: zoo.entry(f"driving-{s}")["metrics"] for s in STYLES}
+    generators = {s: zoo.entry(f"driving-{s}")["metrics"] for s in styles}
     paper = "; ".join(f"{s} {'/'.join(f'{p:g}' for p in v)} %" for s, v in PAPER.items())
     notes = (f"Certified share (%) of the first {args.samples} zoo sample scenes (column 'scenes' where fewer): "
              "|steer(G(a, t delta)) - steer(a)| <= "
@@ -89,7 +92,7 @@ def main() -> None:
              f"interval and deeppoly are sound and bisect t (unknown = neither proved nor refuted). "
              f"The paper's Table 7 (ERAN on real dashcam images): {paper}. {args.threads} thread(s); seconds "
              "include building the problem.")
-    _, md = write_report("weather", "Stylized mutations (Table 7 shape): certified steering under fog and rain",
+    _, md = write_report(args.name, "Stylized mutations (Table 7 shape): certified steering under fog and rain",
                          columns, rows, notes=notes, extra={"generators": generators, "tau": tau})
     print(md.read_text())
 
