@@ -6,7 +6,6 @@ Each recipe writes its files into a folder and returns the manifest entry it mea
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,9 +24,9 @@ from gcert_zoo.datasets import (
     FactorSource,
     digits_split,
 )
+from gcert_zoo.files import install, save_module, sha256_file
 from gcert_zoo.mutations import REGIONS
 from gcert_zoo.weather import WEATHER_RECIPES
-from safetensors.torch import save_file
 from torch import nn
 
 from gcert.generators import continuity_loss, fold_batchnorm
@@ -35,12 +34,6 @@ from gcert.generators import continuity_loss, fold_batchnorm
 __all__ = ["RECIPES", "digits_split", "sha256_file"]
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _save(module: nn.Module, path: Path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
 def train_digits_cnn(out: Path, seed: int = 0, epochs: int = 40, samples: int = 20) -> dict[str, Any]:
@@ -61,7 +54,7 @@ def train_digits_cnn(out: Path, seed: int = 0, epochs: int = 40, samples: int = 
         accuracy = float((model(torch.from_numpy(xte)).argmax(1).numpy() == yte).mean())
     out.mkdir(parents=True, exist_ok=True)
     weights, sample_file = out / "digits-cnn.safetensors", out / "digits-samples.npz"
-    _save(model, weights)
+    save_module(model, weights)
     np.savez_compressed(sample_file, images=xte[:samples], labels=yte[:samples],
                         ids=np.array([f"digits:{i}" for i in range(samples)]))
     return {
@@ -356,8 +349,8 @@ def build_generator(name: str, out: Path, steps: int | None = None, log: Any = _
     out.mkdir(parents=True, exist_ok=True)
     entry = generator_entry(recipe)
     weights, encoder = out / f"{name}.safetensors", out / f"{name}-encoder.safetensors"
-    _save(gen, weights)
-    _save(enc, encoder)
+    save_module(gen, weights)
+    save_module(enc, encoder)
     samples = _write_samples(recipe.source, out)
     entry.update({
         "weights": weights.name, "sha256": sha256_file(weights),
@@ -421,7 +414,7 @@ def build_classifier(name: str, out: Path, steps: int = 1500, log: Any = _stderr
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
-    _save(model, weights)
+    save_module(model, weights)
     samples = _write_samples(source, out)
     entry = {
         "name": name, "kind": "network", "architecture": arch, "input_shape": [src.channels, src.size, src.size],
@@ -458,19 +451,6 @@ RECIPES = {
     **WEATHER_RECIPES,
 }
 
-
-def install(entry: dict[str, Any], folder: Path) -> None:
-    """Put ``entry`` into ``folder``/manifest.json, replacing an entry of the same name."""
-    import json
-
-    path = folder / "manifest.json"
-    data = json.loads(path.read_text()) if path.is_file() else {"default": {}, "entries": []}
-    names = [e["name"] for e in data["entries"]]
-    if entry["name"] in names:
-        data["entries"][names.index(entry["name"])] = entry
-    else:
-        data["entries"].append(entry)
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,8 +4,6 @@ GCert section 5.4.3 — their architectures, training recipes and measured figur
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 import time
@@ -17,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from gcert_zoo import driving
-from safetensors.torch import load_file, save_file
+from gcert_zoo.files import install, save_module, sha256_file
+from safetensors.torch import load_file
 from torch import nn
 
 from gcert.generators import PiecewiseLinearOutput, continuity_loss, measure_continuity
@@ -151,12 +150,6 @@ def write_samples(out: Path, n: int = 20) -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _save(module: nn.Module, path: Path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
 def _cosine(step: int, steps: int, lr: float) -> float:
@@ -263,7 +256,7 @@ def build_steering(name: str, out: Path, steps: int | None = None, log: Any = _s
     model, seconds = train_steering(recipe, steps, log)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
-    _save(model, weights)
+    save_module(model, weights)
     samples = write_samples(out)
     entry = {
         "name": name, "kind": "network", "architecture": "steering_cnn", "input_shape": list(driving.IMAGE_SHAPE),
@@ -478,7 +471,7 @@ def build_style(name: str, out: Path, steps: int | None = None, log: Any = _stde
     gen, _, seconds = train_style(recipe, steps, log)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
-    _save(gen, weights)
+    save_module(gen, weights)
     samples = write_samples(out)
     entry = {
         "name": name, "kind": "stylized-generator", "style": recipe.style,
@@ -520,17 +513,6 @@ WEATHER_RECIPES: dict[str, Callable[[Path], dict[str, Any]]] = {
     **{name: (lambda out, n=name: build_style(n, out)) for name in STYLE_RECIPES},
 }
 
-
-def install(entry: dict[str, Any], folder: Path) -> None:
-    """Put ``entry`` into ``folder``/manifest.json (read right before writing; other entries are kept)."""
-    path = folder / "manifest.json"
-    data = json.loads(path.read_text()) if path.is_file() else {"default": {}, "entries": []}
-    names = [e["name"] for e in data["entries"]]
-    if entry["name"] in names:
-        data["entries"][names.index(entry["name"])] = entry
-    else:
-        data["entries"].append(entry)
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
