@@ -10,9 +10,7 @@ on MNIST when ../shared/conformance is present. The radius is ``gcert tolerance`
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +18,12 @@ from _report import write_report
 from torch import nn
 
 from gcert import zoo
-from gcert.data import load_inputs
+from gcert.data import conformance_dir, load_inputs
 from gcert.plugins import PluginSettings
 from gcert.runner import Context, RunConfig
 
 MAX_RADIUS = {"linf": 0.2, "l2": 2.0, "l1": 10.0}
-CONFORMANCE = Path(os.environ.get("GCERT_CONFORMANCE", Path(__file__).resolve().parents[2] / "shared" / "conformance"))
+CONFORMANCE = conformance_dir()
 
 
 class Atan(nn.Module):

@@ -20,10 +20,11 @@ from pathlib import Path
 from _report import write_report
 
 from gcert.certificate import read_certificates
+from gcert.data import conformance_dir
 from gcert.plugins import PluginSettings
 from gcert.runner import RunConfig, run
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "conformance"
+DEFAULT = conformance_dir()
 # ERAN's counts from the issue, for the table (instances certified on eran / verivital / mnistfc).
 ERAN_PUBLISHED = {"eran": 47, "verivital": 52, "mnistfc": 35}
 

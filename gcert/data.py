@@ -145,3 +145,18 @@ def _folder(path: Path, limit: int | None) -> Dataset:
         raise InputError(f"images in {path} differ in size/channels: {sorted(shapes)[:3]}; resize them first")
     return Dataset(_to_unit(np.stack(arrays), str(path)), labels, ids, str(path))
 
+
+def conformance_dir() -> Path:
+    """Where the conformance material (real networks, VNN-COMP properties, published verdicts) lies:
+    ``$GCERT_CONFORMANCE``, else the first ``shared/conformance`` beside a parent of this checkout or
+    of the working directory. The path is returned even when it does not exist; callers skip then.
+    """
+    override = os.environ.get("GCERT_CONFORMANCE")
+    if override:
+        return Path(override)
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in start.parents:
+            candidate = parent / "shared" / "conformance"
+            if candidate.is_dir():
+                return candidate
+    return Path(__file__).resolve().parents[2] / "shared" / "conformance"

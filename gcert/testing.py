@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from gcert.data import conformance_dir
 from gcert.plugins import PluginSettings, Registry, collect, get_plugin_manager, register_plugin
 from gcert.regions import Box, LpBall, Segment
 
@@ -35,6 +37,15 @@ def make_registry(*plugins: object, builtins: bool = True) -> Registry:
 def gcert_registry() -> Callable[..., Registry]:
     """Factory fixture: ``gcert_registry(plugin, ..., builtins=True)`` returns a fresh :class:`Registry`."""
     return make_registry
+
+
+@pytest.fixture
+def conformance() -> Path:
+    """The conformance material (see :func:`gcert.data.conformance_dir`); the test is skipped without it."""
+    path = conformance_dir()
+    if not path.is_dir():
+        pytest.skip(f"conformance material not found at {path} (set GCERT_CONFORMANCE)")
+    return path
 
 
 # --- random problems, for testing certifiers against dense sampling ------------------------------------

@@ -7,7 +7,6 @@ on the conformance networks ONNX Runtime itself is up to ~1e-5 away from a float
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 from pathlib import Path
 
@@ -16,17 +15,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from gcert.data import conformance_dir
 from gcert.errors import ModelLoadError, UnsupportedOperatorError
 from gcert.onnx_import import FUNCTION_VOCABULARY, MODULE_VOCABULARY, SUPPORTED_ONNX_OPS, load_onnx
 
 ort = pytest.importorskip("onnxruntime")
 
 RNG = np.random.default_rng(0)
-
-
-def _conformance_dir() -> Path:
-    override = os.environ.get("GCERT_CONFORMANCE")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "conformance"
 
 
 def _w(*shape: int, scale: float = 0.5) -> np.ndarray:
@@ -457,7 +452,7 @@ def test_module_round_trips_and_traces(tmp_path):
 
 
 def _conformance_models() -> list[Path]:
-    root = _conformance_dir()
+    root = conformance_dir()
     return sorted(root.rglob("*.onnx")) if root.is_dir() else []
 
 
@@ -467,7 +462,7 @@ def _conformance_models() -> list[Path]:
 )
 def test_conformance_network_matches_onnxruntime(path):
     if path is None:
-        pytest.skip(f"no conformance networks under {_conformance_dir()} (set GCERT_CONFORMANCE)")
+        pytest.skip(f"no conformance networks under {conformance_dir()} (set GCERT_CONFORMANCE)")
     import onnx
 
     model = onnx.load(str(path))

@@ -104,6 +104,7 @@ class GeneratorRecipe:
     pool: int = 0  # pre-rendered training pairs (0: draw fresh batches; fine when sampling is cheap)
     locality: float = 0.0  # weight of the background-change penalty of local factors (see train_generator)
     emphasis: float = 1.0  # reconstruction weight inside the regions of local mutations (small, easily ignored)
+    paired: float = 0.0  # weight of the paired-difference term: G(f, c) - G(f0, c) must match x - x0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +115,7 @@ class GeneratorRecipe:
                 f"(Eq. 14, prior pairs) weight {self.continuity:g}"
                 + (f"; locality of local factors weight {self.locality:g}" if self.locality else "")
                 + (f"; reconstruction weight {self.emphasis:g} inside their regions" if self.emphasis != 1 else "")
+                + (f"; paired-difference weight {self.paired:g}" if self.paired else "")
                 + f"; seed {self.seed}")
 
 
@@ -263,7 +265,15 @@ def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any 
         m0, logvar = content_enc.forward_train(x0)
         mu = m0[:, nf:]
         content = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=rng)
-        recon = ((gen(torch.cat([zf, content], 1)) - x).pow(2) * weight).flatten(1).sum(1).mean()
+        if recipe.paired:
+            # The same face with canonical and with sampled factors: the generator's change must be the
+            # data's change. Content dominates plain reconstruction; this term is only the factors' effect.
+            both = gen(torch.cat([torch.cat([zf, content], 1), torch.cat([canonical.expand_as(zf), content], 1)]))
+            drawn, drawn0 = both[: len(x)], both[len(x):]
+            paired = (((drawn - drawn0) - (x - x0)).pow(2) * weight).flatten(1).sum(1).mean()
+        else:
+            drawn, paired = gen(torch.cat([zf, content], 1)), x.new_zeros(())
+        recon = ((drawn - x).pow(2) * weight).flatten(1).sum(1).mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
         # the inversion encoder sees mutated and canonical images and must name both codes
         pred = enc(torch.cat([x, x0]))
@@ -272,7 +282,7 @@ def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any 
         prior = measure.prior_sample(src, 2 * (recipe.batch // 2), rng)
         half = recipe.batch // 2
         cont = regulariser(gen, prior[:half], prior[half:], rng=rng)
-        loss = recon + recipe.kl * kl + consistency + recipe.continuity * cont
+        loss = recon + recipe.kl * kl + consistency + recipe.continuity * cont + recipe.paired * paired
         if recipe.locality:
             loss = loss + recipe.locality * _locality(gen, torch.cat([zf, content], 1).detach(), local)
         opt.zero_grad()
@@ -280,7 +290,8 @@ def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any 
         opt.step()
         if log is not None and (step % 250 == 0 or step == steps - 1):
             log(f"{recipe.name} step {step}: recon {float(recon):.3f} kl {float(kl):.2f} "
-                f"consistency {float(consistency):.3f} continuity {float(cont):.3f}")
+                f"consistency {float(consistency):.3f} continuity {float(cont):.3f}"
+                + (f" paired {float(paired):.3f}" if recipe.paired else ""))
     gen.out = exact_output
     gen.eval()
     enc.eval()

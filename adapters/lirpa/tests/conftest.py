@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
+from gcert.testing import conformance  # noqa: F401 - the shared fixture, re-exported here
 from gcert_lirpa import compat
 
 # One thread, as the runner's workers use: alpha-CROWN's autograd with two OpenMP threads slowed down 60-fold
@@ -22,15 +20,3 @@ def lirpa():
         pytest.skip("auto_LiRPA is not installed: pip install --no-deps auto-LiRPA==0.3")
     return compat.load()
 
-
-def conformance_dir() -> Path:
-    default = Path(__file__).resolve().parents[4] / "shared" / "conformance"
-    return Path(os.environ.get("GCERT_CONFORMANCE", default))
-
-
-@pytest.fixture
-def conformance() -> Path:
-    path = conformance_dir()
-    if not path.is_dir():
-        pytest.skip(f"conformance material not found at {path} (set GCERT_CONFORMANCE)")
-    return path
