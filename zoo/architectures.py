@@ -96,8 +96,15 @@ def shapes_generator(batchnorm: bool = False) -> LatentGenerator:
 
 
 def faces_generator(batchnorm: bool = False) -> LatentGenerator:
-    """16 latent dims (4 attributes + 12 content) -> 3x32x32 cartoon faces."""
-    return _deconv_generator(16, 3, (48, 32, 16, 12), batchnorm)
+    """16 latent dims (4 attributes + 12 content) -> 3x32x32 cartoon faces.
+
+    Each ConvTranspose(2, stride 2) decodes one grid cell into its own 8x8 patch, so the channels are the
+    patch's whole capacity: at (48, 32, 16, 12) the generator drew a near-average face on a fixed noise
+    texture with open eyes for every openness; at this width, same recipe, eyes close, frowns turn to
+    smiles and the background is near flat (inversion RMSE 0.055 -> 0.036, eyes -0.5 measured -0.76 ->
+    -0.66, background_ratio of eyes 0.40 -> 0.29).
+    """
+    return _deconv_generator(16, 3, (96, 64, 32, 16), batchnorm)
 
 
 class Encoder(nn.Module):
