@@ -160,15 +160,20 @@ def test_ctrl_c_leaves_a_valid_file_and_the_rerun_resumes(tmp_path):
             "--delta", "0.01,0.02,0.03", "--out", str(out), "--workers", "2", "-q",
             "-o", "sampling.samples=200000", "-o", "sampling.steps=0"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Signal at the first record, with most of the run left to interrupt. Twice, in full runs on a loaded
+    # machine, this test saw exit 0 with all 120 records (cause not found; a dozen runs alone gave 130): the
+    # message now says how many records there were when the signal went.
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
-        time.sleep(0.2)
+    while time.monotonic() < deadline and (not out.exists() or not out.read_text().strip()):
+        time.sleep(0.05)
+    at_signal = len(out.read_text().splitlines()) if out.exists() else 0
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    waited = 300 - (deadline - time.monotonic())
+    assert proc.returncode == 130, f"{at_signal} records when signalled after {waited:.1f} s; {err}"
     assert "rerun the same command to resume" in err
     done = read_certificates(out)
-    assert 3 <= len(done) < 120
+    assert 1 <= len(done) < 120
     for line in out.read_text().splitlines():
         json.loads(line)
     rest = subprocess.run(args, capture_output=True, text=True, timeout=900, env=os.environ.copy())
