@@ -207,6 +207,41 @@ def patch_relaxation_cache(lirpa: types.ModuleType) -> None:
     cls.precompute_relaxation = _precompute_relaxation
 
 
+def patch_mul_constant_forward(lirpa: types.ModuleType) -> None:
+    """0.3's ``BoundMul.bound_forward`` raises NotImplementedError when one factor is a constant, the easy case:
+    the product of a linear bound with a constant ``c`` is that bound scaled, its lower and upper parts swapped
+    where ``c < 0``. Needed for forward-mode intermediate bounds (``crown.intermediate``)."""
+    cls = lirpa.operators.BoundMul
+    forward = cls.bound_forward
+    if getattr(forward, "_gcert_patched", False):
+        return
+    LinearBound = lirpa.operators.base.LinearBound
+
+    def _bound_forward(self: Any, dim_in: int, x: Any, y: Any) -> Any:
+        if not self.is_constant_op:
+            return forward(self, dim_in, x, y)
+        var, const = (x, y) if y.lw is None and y.uw is None else (y, x)
+        if const.lw is not None or const.uw is not None:
+            raise NotImplementedError  # neither factor is a constant after all
+        c = const.lb
+        pos, neg = torch.clamp(c, min=0), torch.clamp(c, max=0)
+
+        def scale(w: Any, other: Any, a: torch.Tensor, b: torch.Tensor) -> Any:
+            if w is None and other is None:
+                return None
+            w = 0 if w is None else w
+            other = 0 if other is None else other
+            a, b = (t.unsqueeze(1) if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in (a, b))
+            return a * w + b * other
+
+        lw = scale(var.lw, var.uw, pos, neg)
+        uw = scale(var.uw, var.lw, pos, neg)
+        return LinearBound(lw, pos * var.lb + neg * var.ub, uw, pos * var.ub + neg * var.lb)
+
+    _bound_forward._gcert_patched = True  # type: ignore[attr-defined]
+    cls.bound_forward = _bound_forward
+
+
 def _subclasses(cls: type) -> list[type]:
     found = []
     for sub in cls.__subclasses__():
@@ -219,6 +254,7 @@ PRE_IMPORT: tuple[Callable[[], None], ...] = (
 )
 POST_IMPORT: tuple[Callable[[types.ModuleType], None], ...] = (
     patch_named_members, patch_slice_contiguous, patch_pad, patch_alpha_dtype, patch_relaxation_cache,
+    patch_mul_constant_forward,
 )
 
 

@@ -45,6 +45,17 @@ class LirpaOptions:
     # Concrete points tried for a counterexample when not certified: this many of origin, corners and center,
     # plus (when > 0) the box vertices where CROWN's linear lower bounds of the worst rows are smallest.
     probes: int = 5
+    # How the linear bounds are computed: "backward" (CROWN proper: from the output back to the input, the
+    # tightest), "forward" (forward-mode LiRPA: linear bounds in the input carried layer by layer, cost
+    # proportional to the input's dimension, so cheap on segments), or "auto": forward when the region has
+    # at most 16 dimensions and a layer holds more than 10,000 values (backward CROWN in 0.3's dense
+    # "matrix" mode needs a (values x values) matrix per layer: 27 GiB once on the driving networks), backward
+    # otherwise.
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "backward", "forward"):
+            raise GcertError(f"crown.mode must be auto, backward or forward, got {self.mode!r}")
 
 
 @dataclass(frozen=True)
@@ -64,10 +75,13 @@ class Bounded:
     graph: fx.GraphModule
     module: Any  # auto_LiRPA.BoundedModule
     lirpa: types.ModuleType = field(repr=False)
+    forward: bool = False  # rewritten for forward-mode bounds, which then give every linear bound
 
 
 # One BoundedModule per composed network object; the value holds a rewritten copy, never the key itself.
-_BOUNDED: weakref.WeakKeyDictionary[nn.Module, Bounded] = weakref.WeakKeyDictionary()
+_BOUNDED: weakref.WeakKeyDictionary[nn.Module, dict[bool, Bounded]] = weakref.WeakKeyDictionary()
+#: ``mode="auto"`` bounds forward when the region has at most this many dimensions and a layer more values.
+AUTO_FORWARD_DIM, AUTO_FORWARD_LAYER = 16, 10_000
 
 
 class LirpaCertifier(Certifier):
@@ -80,16 +94,16 @@ class LirpaCertifier(Certifier):
 
     def prepare(self, problem: Problem) -> None:
         """Build the BoundedModule and bound once, so unsupported layers are reported before any work."""
-        bounded, C, _ = self._setup(problem)
+        bounded, C, _ = self._setup(problem, self.Options())
         for _, x in perturbations(problem, bounded.lirpa):
             for method in self.methods:
-                compute(bounded, x, C, method)
+                compute(bounded, x, C, _method(bounded, method))
 
     def certify(self, problem: Problem, options: Any) -> Outcome:
         region = problem.region
         if region.dim == 1 and options.splits > 1:
             # A bound over a shorter piece of t is tighter: bisect where it is worst (gcert.splitting).
-            bounded, C, d = self._setup(problem)
+            bounded, C, d = self._setup(problem, options)
             details = _details(bounded)
 
             def piece(a: float, b: float) -> float:
@@ -103,7 +117,7 @@ class LirpaCertifier(Certifier):
         if margin_lower > 0:
             return Outcome("certified", margin_lower=margin_lower, details=details)
         probes = probe_points(problem, options.probes)
-        if options.probes > 0:
+        if options.probes > 0 and details.get("lirpa_mode") != "forward":  # its vertices need backward A
             probes = torch.cat([probes, crown_vertices(problem)])
         margins = problem.margins(probes)
         best = int(margins.argmin())
@@ -114,7 +128,7 @@ class LirpaCertifier(Certifier):
 
     def bound(self, problem: Problem, options: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         """Lower bounds of every spec row ``C N(t) + d`` over the whole region, (m,) in float64, and details."""
-        bounded, C, d = self._setup(problem)
+        bounded, C, d = self._setup(problem, options)
         details = _details(bounded)
         by_input = {name: self.lower_bound(bounded, x, C, options, details) + d
                     for name, x in perturbations(problem, bounded.lirpa)}
@@ -128,13 +142,44 @@ class LirpaCertifier(Certifier):
         """A sound lower bound of ``C N(x)``, (m,); notes worth recording go into ``details``."""
         raise NotImplementedError
 
-    @staticmethod
-    def _setup(problem: Problem) -> tuple[Bounded, torch.Tensor, torch.Tensor]:
-        return bounded_module(problem), problem.spec.C.to(DTYPE).unsqueeze(0), problem.spec.d.to(DTYPE)
+    def _setup(self, problem: Problem, options: Any = None) -> tuple[Bounded, torch.Tensor, torch.Tensor]:
+        forward = self.forward_mode(problem, getattr(options, "mode", "backward"))
+        return bounded_module(problem, forward), problem.spec.C.to(DTYPE).unsqueeze(0), problem.spec.d.to(DTYPE)
+
+    def forward_mode(self, problem: Problem, mode: str) -> bool:
+        """Whether the bounds are computed in forward mode (see ``LirpaOptions.mode``)."""
+        if mode != "auto":
+            return mode == "forward"
+        return problem.region.dim <= AUTO_FORWARD_DIM and largest_layer(problem) > AUTO_FORWARD_LAYER
 
 
 def _details(bounded: Bounded) -> dict[str, Any]:
-    return {"engine": f"auto_LiRPA {getattr(bounded.lirpa, '__version__', '0.3')}", "dtype": "float64"}
+    return {"engine": f"auto_LiRPA {getattr(bounded.lirpa, '__version__', '0.3')}", "dtype": "float64",
+            "lirpa_mode": "forward" if bounded.forward else "backward"}
+
+
+def _method(bounded: Bounded, method: str) -> str:
+    """The auto_LiRPA method that gives ``method``'s linear bound in ``bounded``'s mode."""
+    return "forward" if bounded.forward and method == "CROWN" else method
+
+
+def largest_layer(problem: Problem) -> int:
+    """The most values any module of the composed network outputs, at the region's origin."""
+    sizes = [problem.region.origin().numel()]
+
+    def record(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel())
+
+    network = problem.composed()
+    hooks = [m.register_forward_hook(record) for m in network.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            network(problem.region.origin().reshape(1, -1))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(sizes)
 
 
 class CrownCertifier(LirpaCertifier):
@@ -145,7 +190,7 @@ class CrownCertifier(LirpaCertifier):
                     details: dict[str, Any]) -> torch.Tensor:
         # CROWN alone can be looser than IBP (an unstable ReLU relaxed with slope 1 keeps its negative lower
         # bound, which IBP clips to 0); IBP costs one more pass, and the larger of two sound bounds is sound.
-        return torch.maximum(compute(bounded, x, C, "CROWN"), compute(bounded, x, C, "IBP"))
+        return torch.maximum(compute(bounded, x, C, _method(bounded, "CROWN")), compute(bounded, x, C, "IBP"))
 
 
 class AlphaCrownCertifier(CrownCertifier):
@@ -193,27 +238,27 @@ class IbpCertifier(LirpaCertifier):
         return compute(bounded, x, C, "IBP")
 
 
-def bounded_module(problem: Problem) -> Bounded:
-    """The cached :class:`Bounded` of ``problem.composed()``, built on first use."""
+def bounded_module(problem: Problem, forward: bool = False) -> Bounded:
+    """The cached :class:`Bounded` of ``problem.composed()`` (for forward-mode bounds or not), built on first use."""
     lirpa = compat.load()  # also the one-line error when auto_LiRPA is missing, even with a warm cache
     network = problem.composed()
-    cached = _BOUNDED.get(network)
-    if cached is None:
-        cached = _BOUNDED[network] = build(network, problem.region.origin(), lirpa)
-    return cached
+    cached = _BOUNDED.setdefault(network, {})
+    if forward not in cached:
+        cached[forward] = build(network, problem.region.origin(), lirpa, forward)
+    return cached[forward]
 
 
-def build(network: nn.Module, origin: torch.Tensor, lirpa: types.ModuleType) -> Bounded:
+def build(network: nn.Module, origin: torch.Tensor, lirpa: types.ModuleType, forward: bool = False) -> Bounded:
     """Rewrite ``network`` and wrap it as a BoundedModule; refuse it if auto_LiRPA computes another function."""
     example = origin.reshape(1, -1).to(DTYPE)
-    graph = for_lirpa(network, example, DTYPE)
+    graph = for_lirpa(network, example, DTYPE, forward=forward)
     with _lirpa_calls(lirpa) as log:
         try:
             module = lirpa.BoundedModule(graph, example, bound_opts=dict(compat.BOUND_OPTS), device="cpu")
         except Exception as exc:  # noqa: BLE001 - auto_LiRPA's failures become one line naming the op
             raise _unsupported(exc, lirpa, log) from None
         _check_same_function(graph, module, example)
-    return Bounded(graph, module, lirpa)
+    return Bounded(graph, module, lirpa, forward)
 
 
 def _check_same_function(graph: fx.GraphModule, module: Any, example: torch.Tensor) -> None:
@@ -330,7 +375,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 def crown_vertices(problem: Problem, rows: int = 3) -> torch.Tensor:
     """Candidate counterexamples: for the ``rows`` spec rows with the lowest CROWN bound, the vertex of the box
     where CROWN's linear lower bound of that row is smallest, projected into the region, (<= rows, dim)."""
-    bounded, C, _ = LirpaCertifier._setup(problem)
+    bounded, C, _ = _CROWN._setup(problem)
     region, module = problem.region, bounded.module
     x = box_input(bounded.lirpa, region.lower, region.upper)
     with _lirpa_calls(bounded.lirpa) as log, torch.no_grad():

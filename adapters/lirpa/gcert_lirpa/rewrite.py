@@ -6,6 +6,7 @@ through the explicit tables at the bottom, by the same function written with ops
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,22 +19,26 @@ from gcert.errors import UnsupportedOperatorError
 from gcert.graph import trace
 
 
-def for_lirpa(module: nn.Module, example: torch.Tensor, dtype: torch.dtype = torch.float64) -> fx.GraphModule:
+def for_lirpa(module: nn.Module, example: torch.Tensor, dtype: torch.dtype = torch.float64,
+              forward: bool = False) -> fx.GraphModule:
     """A copy of ``module`` in ``dtype``, as one fx graph, with unsupported nodes rewritten.
 
     ``example`` is one input batch; its shape fixes the static shapes some rewrites need. The result
     computes the same function: in real arithmetic exactly, in floating point up to rounding.
+    ``forward``: also rewrite what 0.3 bounds backward but not forward (``FORWARD_MODULE_REWRITES``).
     """
     gm = trace(module, dtype)
     ShapeProp(gm).propagate(example.to(dtype))
+    modules = {**MODULE_REWRITES, **FORWARD_MODULE_REWRITES} if forward else MODULE_REWRITES
+    methods = {**METHOD_REWRITES, **FORWARD_METHOD_REWRITES} if forward else METHOD_REWRITES
     for node in list(gm.graph.nodes):
         rule: Callable[[fx.GraphModule, fx.Node], None] | None = None
         if node.op == "call_module":
-            rule = MODULE_REWRITES.get(type(gm.get_submodule(str(node.target))))
+            rule = modules.get(type(gm.get_submodule(str(node.target))))
         elif node.op == "call_function":
             rule = FUNCTION_REWRITES.get(node.target)
         elif node.op == "call_method":
-            rule = METHOD_REWRITES.get(str(node.target))
+            rule = methods.get(str(node.target))
         if rule is not None:
             rule(gm, node)
     gm.graph.eliminate_dead_code()
@@ -128,6 +133,79 @@ class CroppedConvTranspose2d(nn.Module):
                 # One slice per axis with constant bounds: 0.3's BoundSlice takes a single axis.
                 y = y[(slice(None),) * axis + (slice(begin, stop),)]
         return y if self.bias is None else self.bias(y)
+
+
+# --- ConvTranspose2d(k, stride k) -> a 1x1 convolution and depth-to-space (forward mode) -------------
+
+
+def _conv_transpose_forward(gm: fx.GraphModule, node: fx.Node) -> None:
+    """0.3 has no forward bound of ConvTranspose; with stride = kernel and no padding it is a 1x1 conv."""
+    m: nn.ConvTranspose2d = gm.get_submodule(str(node.target))
+    k = tuple(m.kernel_size)
+    if (tuple(m.stride) != k or tuple(m.padding) != (0, 0) or tuple(m.output_padding) != (0, 0)
+            or tuple(m.dilation) != (1, 1) or m.groups != 1):
+        raise _unsupported(node, "ConvTranspose2d", "auto_LiRPA 0.3 has no forward bound for it; forward "
+                           "intermediate bounds take only stride = kernel, no padding (crown.mode=backward)")
+    x = node.args[0]
+    if not isinstance(x, fx.Node) or len(_shape(x)) != 4:
+        raise _unsupported(node, "ConvTranspose2d", "auto_LiRPA 0.3 needs a batched (N, C, H, W) input")
+    name = _add_module(gm, node, PatchConvTranspose2d(m, _shape(x)[2:]))
+    _replace(gm, node, lambda g: g.call_module(name, (x,)))
+
+
+class PatchConvTranspose2d(nn.Module):
+    """``ConvTranspose2d(k, stride k, padding 0)``: each input pixel paints its own k x k output patch, so it is
+    a 1x1 convolution to ``out * kh * kw`` channels whose channels are then moved into the patches
+    (reshape, permute, reshape; all of which 0.3 bounds forward). ``in_hw`` fixes the reshapes' shapes.
+    """
+
+    def __init__(self, m: nn.ConvTranspose2d, in_hw: tuple[int, ...]):
+        super().__init__()
+        (kh, kw), o = m.kernel_size, m.out_channels
+        self.shape = (o, kh, kw, int(in_hw[0]), int(in_hw[1]))
+        self.conv = nn.Conv2d(m.in_channels, o * kh * kw, 1, bias=m.bias is not None, dtype=m.weight.dtype)
+        with torch.no_grad():
+            # weight (in, out, kh, kw) -> (out * kh * kw, in, 1, 1), channel index (o, a, b)
+            self.conv.weight.copy_(m.weight.permute(1, 2, 3, 0).reshape(o * kh * kw, m.in_channels, 1, 1))
+            if m.bias is not None:
+                self.conv.bias.copy_(m.bias.repeat_interleave(kh * kw))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o, kh, kw, h, w = self.shape
+        y = self.conv(x).reshape(-1, o, kh, kw, h, w).permute(0, 1, 4, 2, 5, 3)
+        return y.reshape(-1, o, h * kh, w * kw)
+
+
+def _expand_forward(gm: fx.GraphModule, node: fx.Node) -> None:
+    """0.3 has no forward bound of Expand: a broadcast is a product with a 0/1 matrix, written as a Linear."""
+    x = node.args[0]
+    if not isinstance(x, fx.Node):
+        return
+    shape_in, shape_out = _shape(x), _shape(node)
+    n_in, n_out = math.prod(shape_in[1:]), math.prod(shape_out[1:])
+    if len(shape_in) != len(shape_out) or n_in * n_out > 10_000_000:
+        raise _unsupported(node, "expand", "auto_LiRPA 0.3 has no forward bound for it (crown.mode=backward)")
+    source = torch.arange(n_in, dtype=torch.float64).reshape(1, *shape_in[1:]).expand(1, *shape_out[1:])
+    linear = nn.Linear(n_in, n_out, bias=False, dtype=node.meta["tensor_meta"].dtype)
+    with torch.no_grad():
+        linear.weight.copy_(F.one_hot(source.reshape(-1).long(), n_in).to(linear.weight.dtype))
+    name = f"{node.name}_lirpa"
+    gm.add_submodule(name, linear)
+    out = tuple(int(v) for v in shape_out[1:])
+    _replace(gm, node, lambda g: g.call_method(
+        "reshape", (g.call_module(name, (g.call_method("reshape", (x, -1, n_in)),)), -1, *out)))
+
+
+def leaky_relu_as_relu(x: torch.Tensor, slope: float) -> torch.Tensor:
+    """``LeakyReLU(x) = slope * x + (1 - slope) * ReLU(x)``: the same triangle relaxation, from ops 0.3 bounds
+    forward (it has no forward relaxation of LeakyRelu)."""
+    return torch.relu(x) * (1.0 - slope) + x * slope
+
+
+def _leaky_relu_forward(gm: fx.GraphModule, node: fx.Node) -> None:
+    m: nn.LeakyReLU = gm.get_submodule(str(node.target))
+    x, slope = node.args[0], float(m.negative_slope)
+    _replace(gm, node, lambda g: g.call_function(leaky_relu_as_relu, (x, slope)))
 
 
 # --- Conv1d -> Conv2d over a height-1 image ----------------------------------------------------------
@@ -344,6 +422,17 @@ MODULE_REWRITES: dict[type, Callable[[fx.GraphModule, fx.Node], None]] = {
     nn.Unflatten: _unflatten,
     nn.Hardtanh: _hardtanh,
     nn.ReLU6: _hardtanh,
+}
+
+#: Extra module rewrites when intermediate bounds are computed in forward mode.
+FORWARD_MODULE_REWRITES: dict[type, Callable[[fx.GraphModule, fx.Node], None]] = {
+    nn.ConvTranspose2d: _conv_transpose_forward,
+    nn.LeakyReLU: _leaky_relu_forward,
+}
+
+#: Extra method rewrites when intermediate bounds are computed in forward mode.
+FORWARD_METHOD_REWRITES: dict[str, Callable[[fx.GraphModule, fx.Node], None]] = {
+    "expand": _expand_forward,
 }
 
 FUNCTION_REWRITES: dict[Any, Callable[[fx.GraphModule, fx.Node], None]] = {
