@@ -84,10 +84,15 @@ def _conv_transpose(gm: fx.GraphModule, node: fx.Node) -> None:
         raise _unsupported(node, "ConvTranspose2d", f"auto_LiRPA 0.3 bounds it only without {', '.join(problems)}")
     if tuple(m.padding) == (0, 0) and tuple(m.output_padding) == (0, 0):
         return
+    _swap_image_module(gm, node, lambda hw: CroppedConvTranspose2d(m, hw))
+
+
+def _swap_image_module(gm: fx.GraphModule, node: fx.Node, make: Callable[[tuple[int, ...]], nn.Module]) -> None:
+    """Replace the module ``node`` calls on one (N, C, H, W) input by ``make((H, W))``."""
     x = node.args[0]
     if not isinstance(x, fx.Node) or len(_shape(x)) != 4:
         raise _unsupported(node, "ConvTranspose2d", "auto_LiRPA 0.3 needs a batched (N, C, H, W) input")
-    name = _add_module(gm, node, CroppedConvTranspose2d(m, _shape(x)[2:]))
+    name = _add_module(gm, node, make(_shape(x)[2:]))
     _replace(gm, node, lambda g: g.call_module(name, (x,)))
 
 
@@ -146,11 +151,7 @@ def _conv_transpose_forward(gm: fx.GraphModule, node: fx.Node) -> None:
             or tuple(m.dilation) != (1, 1) or m.groups != 1):
         raise _unsupported(node, "ConvTranspose2d", "auto_LiRPA 0.3 has no forward bound for it; forward "
                            "intermediate bounds take only stride = kernel, no padding (crown.mode=backward)")
-    x = node.args[0]
-    if not isinstance(x, fx.Node) or len(_shape(x)) != 4:
-        raise _unsupported(node, "ConvTranspose2d", "auto_LiRPA 0.3 needs a batched (N, C, H, W) input")
-    name = _add_module(gm, node, PatchConvTranspose2d(m, _shape(x)[2:]))
-    _replace(gm, node, lambda g: g.call_module(name, (x,)))
+    _swap_image_module(gm, node, lambda hw: PatchConvTranspose2d(m, hw))
 
 
 class PatchConvTranspose2d(nn.Module):
