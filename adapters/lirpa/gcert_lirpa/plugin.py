@@ -163,8 +163,18 @@ def _method(bounded: Bounded, method: str) -> str:
     return "forward" if bounded.forward and method == "CROWN" else method
 
 
+_LARGEST: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
 def largest_layer(problem: Problem) -> int:
-    """The most values any module of the composed network outputs, at the region's origin."""
+    """The most values any module of the composed network outputs, at the region's origin (once per network)."""
+    network = problem.composed()
+    if network not in _LARGEST:
+        _LARGEST[network] = _measure_largest_layer(problem)
+    return _LARGEST[network]
+
+
+def _measure_largest_layer(problem: Problem) -> int:
     sizes = [problem.region.origin().numel()]
 
     def record(_module: nn.Module, _inputs: Any, out: Any) -> None:
@@ -232,6 +242,9 @@ class IbpCertifier(LirpaCertifier):
     name = "ibp-lirpa"
     description = "interval bound propagation through auto_LiRPA 0.3 (float64, spec merged into the last layer); sound"
     methods = ("IBP",)
+
+    def forward_mode(self, problem: Problem, mode: str) -> bool:
+        return False  # IBP needs no linear bounds, so none of forward mode's rewrites (or its refusals)
 
     def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: LirpaOptions,
                     details: dict[str, Any]) -> torch.Tensor:
