@@ -46,10 +46,17 @@ def node_box(op: object, args: list[Box]) -> Box:
         return Box(lo - pad, hi + pad)
     if isinstance(op, Concat):
         return Box(op(*[a.lo for a in args]), op(*[a.hi for a in args]))
+    if isinstance(op, Activation) and op.kind == "leaky_relu":
+        # Any slope: the extremes of a function with one kink at 0 are at the ends or at the kink. s * x rounds.
+        x = args[0]
+        ends = torch.stack([op(x.lo), op(x.hi)])
+        lo, hi = ends.min(dim=0).values, ends.max(dim=0).values
+        kink = (x.lo < 0) & (x.hi > 0)
+        lo, hi = torch.where(kink, lo.clamp(max=0.0), lo), torch.where(kink, hi.clamp(min=0.0), hi)
+        pad = 2 * _U * torch.maximum(lo.abs(), hi.abs()) + 1e-300
+        return Box(lo - pad, hi + pad)
     if isinstance(op, Activation | MaxPool):
-        # Every activation gcert lowers (with leaky slope >= 0) and max-pooling is non-decreasing in each input.
-        if isinstance(op, Activation) and op.kind == "leaky_relu" and op.slope < 0:
-            raise ValueError("leaky_relu with a negative slope is not monotone")
+        # relu, hardtanh (clamps lower with lo <= hi), sigmoid, tanh, atan and max-pooling are non-decreasing.
         lo, hi = op(args[0].lo), op(args[0].hi)
         if isinstance(op, Activation) and not op.piecewise_linear:
             pad = 4 * _U * torch.maximum(lo.abs(), hi.abs()) + 1e-300  # libm: a few ulps at most
@@ -65,3 +72,62 @@ def forward_boxes(lowered: Lowered, boxes: dict[int, Box], begin: int = 0) -> Bo
         node = lowered.nodes[k]
         boxes[k] = node_box(node.op, [boxes[j] for j in node.inputs])
     return boxes[lowered.output]
+
+
+def gamma(n: int) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative error bound of a float64 sum or product of n terms."""
+    nu = n * _U
+    return nu / (1 - nu) if nu < 0.5 else float("inf")
+
+
+@dataclass
+class ErrorBounds:
+    """Per value: a bound on its magnitude over an input box, and on the rounding error of a float64 forward pass."""
+
+    magnitude: dict[int, Tensor]
+    error: dict[int, Tensor]
+
+    def rows(self, lowered: Lowered, C: Tensor, d: Tensor) -> Tensor:
+        """Bound on the float64 rounding error of each spec row ``C @ y + d`` computed from a forward pass, (m,)."""
+        m = self.magnitude[lowered.output].reshape(-1)
+        e = self.error[lowered.output].reshape(-1)
+        return C.abs() @ e + gamma(C.shape[1] + 2) * (C.abs() @ m + d.abs())
+
+
+def _lipschitz(op: Activation) -> float:
+    if op.kind == "leaky_relu":
+        return max(1.0, abs(op.slope))
+    return 0.25 if op.kind == "sigmoid" else 1.0
+
+
+def error_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, stop: int | None = None) -> ErrorBounds:
+    """A priori bounds on the rounding error of a float64 forward pass anywhere in the input box ``[lo, hi]``.
+
+    Each value's error is the error it inherits (through ``|A|``, or an activation's Lipschitz constant) plus
+    the error its own op adds (``gamma(fan_in + 2)`` times the magnitudes it sums). Magnitudes come from
+    interval propagation of the box, so they hold at every point of it.
+    """
+    stop = len(lowered.nodes) if stop is None else stop
+    boxes: dict[int, Box] = {-1: Box(lo.reshape(1, -1).reshape(1, *lowered.input_shape).double(),
+                                     hi.reshape(1, *lowered.input_shape).double())}
+    mag = {-1: torch.maximum(boxes[-1].lo.abs(), boxes[-1].hi.abs())}
+    err = {-1: torch.zeros_like(mag[-1])}
+    for k in range(stop):
+        node = lowered.nodes[k]
+        op = node.op
+        boxes[k] = node_box(op, [boxes[j] for j in node.inputs])
+        mag[k] = torch.maximum(boxes[k].lo.abs(), boxes[k].hi.abs())
+        ins = [err[j] for j in node.inputs]
+        if isinstance(op, Affine):
+            m_in = mag[node.inputs[0]]
+            err[k] = op.abs_linear(ins[0]) + gamma(op.fan_in + 2) * (op.abs_linear(m_in) + op.bias.abs())
+        elif isinstance(op, Add):
+            err[k] = ins[0] + ins[1] + _U * mag[k]
+        elif isinstance(op, Concat):
+            err[k] = op(*ins)
+        elif isinstance(op, MaxPool):
+            err[k] = op(ins[0])
+        else:
+            own = 0.0 if op.kind in ("relu", "hardtanh") else 4 * _U * mag[k]
+            err[k] = _lipschitz(op) * ins[0] + own
+    return ErrorBounds(mag, err)

@@ -458,6 +458,9 @@ def _clamp(b: _Builder, fn: Any, x: Var, min: Any = None, max: Any = None) -> Va
         raise _Unsupported("clamp with tensor bounds")
     lo = -math.inf if min is None else float(min)
     hi = math.inf if max is None else float(max)
+    if lo > hi:
+        # torch (and ONNX Clip) return ``max`` everywhere: a constant, not a hardtanh with an empty range.
+        return b.affine(x, lambda v: v * 0.0, hi, lambda v: v * 0.0, 0, "clamp(min > max)")
     return b.add(Activation("hardtanh", lo=lo, hi=hi), [x], "clamp")
 
 
@@ -589,6 +592,19 @@ def _identity(b: _Builder, head: Any, x: Var, *args: Any, **kwargs: Any) -> Var:
     return x
 
 
+def _shape_query(b: _Builder, head: Any, x: Var, *args: Any, **kwargs: Any) -> Any:
+    """``x.dim()``, ``x.size(i)``, ``x.shape``, ``x.ndim``: answered from the batch-1 example.
+
+    A batch size read this way is 1; a reshape that uses it (``x.view(x.size(0), -1)``) keeps the batch axis,
+    which :func:`_reshape_like` checks, so the lowered op is right for every batch.
+    """
+    if head is getattr:
+        if args[0] not in ("shape", "ndim"):
+            raise _Unsupported(f"attribute {args[0]!r} of a value that depends on the input")
+        return getattr(x.example, args[0])
+    return getattr(x.example, head)(*args, **kwargs)
+
+
 MODULE_RULES: dict[type, Callable[..., Var]] = {
     nn.Linear: _linear_module,
     nn.Conv1d: _conv_module,
@@ -638,6 +654,7 @@ FUNCTION_RULES: dict[Any, Callable[..., Any]] = {
     torch.reshape: _reshape_like, torch.flatten: _reshape_like,
     torch.permute: _index_like, torch.transpose: _index_like, torch.squeeze: _index_like,
     torch.unsqueeze: _index_like, operator.getitem: _index_like, torch.narrow: _index_like,
+    getattr: _shape_query,
 }
 
 _METHOD_AS_FUNCTION: dict[str, Any] = {
@@ -651,4 +668,5 @@ METHOD_RULES: dict[str, Callable[..., Any]] = {
     "permute": _index_like, "transpose": _index_like, "squeeze": _index_like, "unsqueeze": _index_like,
     "expand": _index_like, "expand_as": _index_like, "repeat": _index_like,
     "contiguous": _identity, "float": _identity, "double": _identity,
+    "dim": _shape_query, "size": _shape_query,
 }

@@ -93,11 +93,11 @@ class Segment(Region):
 
     @property
     def lower(self) -> torch.Tensor:
-        return torch.zeros(1, dtype=self.start.dtype)
+        return torch.zeros(1, dtype=torch.float64)
 
     @property
     def upper(self) -> torch.Tensor:
-        return torch.ones(1, dtype=self.start.dtype)
+        return torch.ones(1, dtype=torch.float64)
 
     def embedding(self) -> nn.Module:
         weight = (self.end - self.start).reshape(-1, 1)
@@ -118,9 +118,14 @@ class Box(Region):
     def __init__(self, lower: torch.Tensor, upper: torch.Tensor, center: torch.Tensor | None = None):
         if lower.shape != upper.shape or bool((lower > upper).any()):
             raise ValueError("box needs lower <= upper of the same shape")
+        if not (bool(torch.isfinite(lower).all()) and bool(torch.isfinite(upper).all())):
+            raise ValueError("box bounds must be finite")
         self.control_shape = tuple(lower.shape)
-        self._lower, self._upper = lower.detach().reshape(-1), upper.detach().reshape(-1)
-        self._center = ((self._lower + self._upper) / 2) if center is None else center.detach().reshape(-1)
+        # float64 holds every float32 bound exactly, and bounds given in float64 are never rounded inward.
+        self._lower = lower.detach().reshape(-1).to(torch.float64)
+        self._upper = upper.detach().reshape(-1).to(torch.float64)
+        mid = (self._lower + self._upper) / 2
+        self._center = mid if center is None else center.detach().reshape(-1).to(torch.float64)
 
     @property
     def lower(self) -> torch.Tensor:
@@ -154,11 +159,17 @@ class LpBall(Box):
             raise ValueError(f"ball radius must be >= 0, got {eps}")
         if p not in (1, 2, math.inf):
             raise ValueError(f"p must be 1, 2 or inf, got {p}")
+        if not math.isfinite(eps):
+            raise ValueError(f"ball radius must be finite, got {eps}")
         self.center, self.eps, self.p, self.clip = center.detach(), float(eps), float(p), clip
-        lo, hi = center - eps, center + eps
+        # The bounding box in float64, each end moved one ulp outward: center -+ eps rounded to the nearest
+        # float64 could land inside the ball and leave part of it out of the box certifiers bound.
+        c64 = center.detach().to(torch.float64)
+        lo = torch.nextafter(c64 - self.eps, torch.tensor(-math.inf, dtype=torch.float64))
+        hi = torch.nextafter(c64 + self.eps, torch.tensor(math.inf, dtype=torch.float64))
         if clip is not None:
             lo, hi = lo.clamp(*clip), hi.clamp(*clip)
-        super().__init__(lo, hi, center)
+        super().__init__(lo, hi, c64)
 
     def contains(self, t: torch.Tensor, tol: float = 1e-6) -> bool:
         dist = (t.reshape(-1) - self._center).norm(p=self.p)

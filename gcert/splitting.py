@@ -71,7 +71,8 @@ def decide(problem: Problem, bound: Callable[[Tensor, Tensor], float], splits: i
     region = problem.region
     if region.dim == 1 and splits > 1:
         lowered = problem.lowered()
-        result = bisect(lambda a, b: bound(torch.tensor([a]), torch.tensor([b])),
+        f64 = torch.float64  # sub-interval ends stay float64: float32 would round some of them inward
+        result = bisect(lambda a, b: bound(torch.tensor([a], dtype=f64), torch.tensor([b], dtype=f64)),
                         lambda ts: problem.spec.margin(lowered.forward(ts)),
                         float(region.lower[0]), float(region.upper[0]), splits)
         return as_outcome(result)

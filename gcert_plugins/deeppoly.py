@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import gcert
-from gcert.bounds import Box, node_box, spec_rows
+from gcert.bounds import Box, gamma, node_box, spec_rows
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError
 from gcert.lowering import Activation, Add, Affine, Concat, Lowered, MaxPool
@@ -25,7 +25,7 @@ from gcert.spec import Spec
 from gcert.splitting import decide
 
 Tensor = torch.Tensor
-_PAD = 1e-9  # relative padding of concretised bounds for float64 rounding (see the module docs)
+_U = 2.0**-53  # float64 unit roundoff
 _ROW_BUDGET = 4_000_000  # float64 coefficients per back-substituted value at once (~32 MB)
 
 
@@ -33,10 +33,16 @@ _ROW_BUDGET = 4_000_000  # float64 coefficients per back-substituted value at on
 class DeepPolyOptions:
     """Settings of ``deeppoly``."""
 
-    # sigmoid/tanh/arctan: "deepcert" (fine-grained), "tangent" (classic), or "both" (each sound: keep the better
-    # bound; neither wins everywhere, see benchmarks/results/deepcert.md)
-    relaxation: str = "deepcert"
+    # sigmoid/tanh/arctan: "deepcert" (fine-grained), "tangent" (classic), or "both" (the default: each is sound, the
+    # better bound is kept, so it is never worse than either; neither wins everywhere, benchmarks/results/deepcert.md)
+    relaxation: str = "both"
     splits: int = 32  # one-dimensional regions: most pieces when bisecting t (1 = no splitting)
+
+    def __post_init__(self) -> None:
+        if self.relaxation not in ("deepcert", "tangent", "both"):
+            raise GcertError(f"deeppoly.relaxation must be deepcert, tangent or both, got {self.relaxation!r}")
+        if self.splits < 1:
+            raise GcertError(f"deeppoly.splits must be an integer >= 1 (1 = no splitting), got {self.splits}")
 
 
 # --- relaxations of S-shaped activations ------------------------------------------------------------
@@ -127,18 +133,33 @@ def _inverse_slope(kind: str, k: Tensor) -> Tensor:
 
 
 def piecewise_relaxation(op: Activation, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """ReLU / leaky ReLU / hardtanh: exact where stable; chord above and the better of two lines below."""
+    """ReLU / leaky ReLU / hardtanh: exact where stable; a chord on one side and a tangent line on the other.
+
+    A leaky ReLU with slope s <= 1 is convex (chord above, slope s or 1 below by area); with s > 1 it is
+    concave, ``min(x, s x)`` (chord below, slope 1 or s above). Offsets are widened by a few ulps of the values
+    involved, so the lines stay sound after float64 rounding of the slopes.
+    """
     if op.kind in ("relu", "leaky_relu"):
         s = 0.0 if op.kind == "relu" else op.slope
         width = (hi - lo).clamp(min=1e-300)
         chord = (hi - s * lo) / width
         cross = (lo < 0) & (hi > 0)
-        au = torch.where(hi <= 0, torch.full_like(lo, s), torch.where(lo >= 0, torch.ones_like(lo), chord))
-        bu = torch.where(cross, s * lo - chord * lo, torch.zeros_like(lo))
-        area = torch.where(hi > -lo, torch.ones_like(lo), torch.full_like(lo, s))  # ERAN's choice by area
-        al = torch.where(hi <= 0, torch.full_like(lo, s), torch.where(lo >= 0, torch.ones_like(lo), area))
-        return al, torch.zeros_like(lo), au, bu
-    return _hardtanh_relaxation(op.lo, op.hi, lo, hi)
+        chord_offset = torch.where(cross, s * lo - chord * lo, torch.zeros_like(lo))
+        stable = torch.where(hi <= 0, torch.full_like(lo, s), torch.ones_like(lo))  # exact where lo >= 0 or hi <= 0
+        tangent = torch.where(hi > -lo, torch.ones_like(lo), torch.full_like(lo, s))  # ERAN's choice by area
+        chord_slope = torch.where(cross, chord, stable)
+        tangent_slope = torch.where(cross, tangent, stable)
+        zero = torch.zeros_like(lo)
+        if s <= 1:
+            al, bl, au, bu = tangent_slope, zero, chord_slope, chord_offset
+        else:
+            al, bl, au, bu = chord_slope, chord_offset, tangent_slope, zero
+    else:
+        al, bl, au, bu = _hardtanh_relaxation(op.lo, op.hi, lo, hi)
+    ends = torch.maximum(lo.abs(), hi.abs())
+    finite = [abs(v) for v in (op.lo, op.hi) if math.isfinite(v)] if op.kind == "hardtanh" else []
+    slack = 8 * _U * ((al.abs() + au.abs()) * ends + bl.abs() + bu.abs() + max(finite, default=0.0)) + 1e-300
+    return al, bl - slack, au, bu + slack
 
 
 def _hardtanh_relaxation(a: float, b: float, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -196,6 +217,7 @@ class DeepPolyAnalysis:
     def __init__(self, lowered: Lowered, box: Box, ball: LpBall | None, relaxation: str):
         self.lowered, self.box, self.ball, self.relaxation = lowered, box, ball, relaxation
         self.relax: dict[int, _Relax | _PoolRelax] = {}
+        self._weights: dict[int, Tensor] = {}
         self.boxes: dict[int, Box] = {-1: box}
         for k, node in enumerate(lowered.nodes):
             if isinstance(node.op, Activation | MaxPool):
@@ -237,11 +259,32 @@ class DeepPolyAnalysis:
             return _Relax(*piecewise_relaxation(op, lo, hi))
         return _Relax(*s_shaped_relaxation(op.kind, lo, hi, self.relaxation))
 
+    def _magnitude(self, index: int) -> Tensor:
+        """max |value| over the region, entrywise (1, *shape), from the value's bounds."""
+        box = self.boxes[index]
+        return torch.maximum(box.lo.abs(), box.hi.abs())
+
+    def _affine_weight(self, j: int) -> Tensor:
+        """``|A| m`` for affine node ``j`` and the magnitude m of its input: what each output sums, in size."""
+        if j not in self._weights:
+            op = self.lowered.nodes[j].op
+            assert isinstance(op, Affine)
+            self._weights[j] = op.abs_linear(self._magnitude(self.lowered.nodes[j].inputs[0]))
+        return self._weights[j]
+
     def lower_bounds(self, target: int, lam: Tensor, const: Tensor) -> Tensor:
-        """Sound lower bounds of ``lam . value[target] + const`` (one per row of ``lam``) over the region."""
+        """Sound lower bounds of ``lam . value[target] + const`` (one per row of ``lam``) over the region.
+
+        Rounding: a coefficient computed with error e stands for the exact one plus e, and the rest of the
+        back-substitution bounds the perturbed expression soundly; the difference is at most |e| times the
+        magnitude of the value it multiplies. ``err`` sums these (a priori, gamma_n of the terms each step sums),
+        and ``size`` the terms summed into the constant; the result is lowered by twice both.
+        """
         coeffs: dict[int, Tensor] = {target: lam}
         const = const.clone()
         size = const.abs()
+        err = torch.zeros_like(const)
+        terms = 0
         for j in range(target, -1, -1):
             if j not in coeffs:
                 continue
@@ -249,11 +292,15 @@ class DeepPolyAnalysis:
             node = self.lowered.nodes[j]
             op = node.op
             rows = lam_j.shape[0]
+            abs_j = lam_j.abs().reshape(rows, -1)
+            terms += abs_j.shape[1]
             if isinstance(op, Affine):
                 const += (lam_j * op.bias).reshape(rows, -1).sum(1)
                 size += (lam_j * op.bias).abs().reshape(rows, -1).sum(1)
+                err += gamma(abs_j.shape[1] + 2) * (abs_j * self._affine_weight(j).reshape(1, -1)).sum(1)
                 _accumulate(coeffs, node.inputs[0], _transpose(op, lam_j, self._shape(node.inputs[0])))
             elif isinstance(op, Add):
+                err += 2 * _U * (abs_j * self._magnitude(j).reshape(1, -1)).sum(1)
                 for i in node.inputs:
                     _accumulate(coeffs, i, lam_j)
             elif isinstance(op, Concat):
@@ -267,6 +314,8 @@ class DeepPolyAnalysis:
                 term = (pos * r.bl + neg * r.bu).reshape(rows, -1)
                 const += term.sum(1)
                 size += term.abs().sum(1)
+                slope = torch.maximum(r.al.abs(), r.au.abs()).reshape(1, -1)
+                err += 4 * _U * (abs_j * slope * self._magnitude(node.inputs[0]).reshape(1, -1)).sum(1)
                 _accumulate(coeffs, node.inputs[0], pos * r.al + neg * r.au)
             else:
                 r = self.relax[j]
@@ -278,22 +327,25 @@ class DeepPolyAnalysis:
                 const += term.sum(1)
                 size += term.abs().sum(1)
                 in_shape = self._shape(node.inputs[0])
+                err += gamma(r.index.shape[-1] + 2) * abs_j.sum(1) * float(self._magnitude(node.inputs[0]).max())
                 back = torch.zeros(rows, in_shape[0], math.prod(in_shape[1:]), dtype=lam_j.dtype)
                 back.scatter_add_(2, r.index.unsqueeze(0).expand(rows, -1, -1), selected)
                 _accumulate(coeffs, node.inputs[0], back.reshape(rows, *in_shape))
         lam_in = coeffs.get(-1)
         if lam_in is None:
-            return const
+            return const - 2 * gamma(terms + 2) * size - 1e-300
         lam_in = lam_in.reshape(lam_in.shape[0], -1)
         lo, hi = self.box.lo.reshape(1, -1), self.box.hi.reshape(1, -1)
         result = const + (lam_in.clamp(min=0) * lo + lam_in.clamp(max=0) * hi).sum(1)
+        terms += lam_in.shape[1]
         if self.ball is not None and self.ball.p != math.inf:
             q = {1.0: math.inf, 2.0: 2.0}[self.ball.p]
             center = self.ball.origin().to(torch.float64).reshape(1, -1)
             via_ball = const + (lam_in * center).sum(1) - self.ball.eps * lam_in.norm(p=q, dim=1)
             result = torch.maximum(result, via_ball)  # both are sound; the region lies in box and ball
+            size = size + self.ball.eps * lam_in.norm(p=q, dim=1) + (lam_in * center).abs().sum(1)
         size = size + (lam_in.abs() * torch.maximum(lo.abs(), hi.abs())).sum(1)
-        return result - _PAD * (1 + size)
+        return result - 2 * (err + gamma(terms + 2) * size) - 1e-300
 
 
 def _undecided(op: Activation | MaxPool, box: Box) -> Tensor:
@@ -362,11 +414,14 @@ class DeepPoly(Certifier):
         ball = region if isinstance(region, LpBall) else None
 
         methods = ("deepcert", "tangent") if options.relaxation == "both" else (options.relaxation,)
+        if lowered.piecewise_linear:
+            methods = methods[:1]  # the relaxation of S-shaped activations is all that differs
 
         def bound(a: Tensor, b: Tensor) -> float:
             box = Box(a.reshape(1, -1).double(), b.reshape(1, -1).double())
-            return max(float(spec_lower_bound(DeepPolyAnalysis(lowered, box, ball, m), problem.spec).min())
-                       for m in methods)
+            rows = torch.stack([spec_lower_bound(DeepPolyAnalysis(lowered, box, ball, m), problem.spec)
+                                for m in methods]).max(dim=0).values  # each relaxation's row bound is sound
+            return float(problem.spec.reduce(rows.reshape(1, -1))[0])
 
         return decide(problem, bound, options.splits)
 

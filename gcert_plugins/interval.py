@@ -15,6 +15,7 @@ from torch import nn
 import gcert
 from gcert.bounds import Box, forward_boxes, spec_rows
 from gcert.contracts import Certifier, Outcome
+from gcert.errors import GcertError
 from gcert.lowering import lower
 from gcert.problem import Problem
 from gcert.splitting import decide
@@ -25,6 +26,10 @@ class IntervalOptions:
     """Settings of ``interval``."""
 
     splits: int = 32  # one-dimensional regions: most pieces when bisecting t (1 = no splitting)
+
+    def __post_init__(self) -> None:
+        if self.splits < 1:
+            raise GcertError(f"interval.splits must be an integer >= 1 (1 = no splitting), got {self.splits}")
 
 
 class IntervalCertifier(Certifier):
@@ -43,7 +48,7 @@ class IntervalCertifier(Certifier):
 def margin_bound(problem: Problem, lo: torch.Tensor, hi: torch.Tensor) -> float:
     """A sound lower bound of the spec margin of N over the box [lo, hi] of t."""
     out = forward_boxes(problem.lowered(), {-1: Box(lo.reshape(1, -1).double(), hi.reshape(1, -1).double())})
-    return float(spec_rows(problem.spec.C.double(), problem.spec.d.double(), out).lo.min())
+    return float(problem.spec.reduce(spec_rows(problem.spec.C, problem.spec.d, out).lo)[0])
 
 
 @torch.no_grad()

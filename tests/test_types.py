@@ -25,7 +25,7 @@ def test_top1_spec_margin_and_ties():
 def test_regression_spec():
     spec = Spec.regression(reference=2.0, tau=0.5)
     y = torch.tensor([[2.0], [2.4], [1.4], [2.5]])
-    assert torch.allclose(spec.margin(y), torch.tensor([0.5, 0.1, -0.1, 0.0]))
+    assert torch.allclose(spec.margin(y), torch.tensor([0.5, 0.1, -0.1, 0.0], dtype=torch.float64))
     assert spec.to_record() == {"kind": "regression", "reference": 2.0, "tau": 0.5, "index": 0}
 
 
