@@ -89,31 +89,55 @@ class LirpaCertifier(Certifier):
 
     guarantee = "sound"
     Options: ClassVar[type] = LirpaOptions
+    #: The region contract (gcert.contracts.Certifier): every kind, any dimension. Segments and boxes are bounded
+    #: as boxes of t, L-inf balls as their box, L1/L2 balls as the ball and its box (see ``perturbations``).
+    regions: ClassVar[tuple[str, ...]] = ("segment", "box", "lp-ball")
+    max_dim: ClassVar[int | None] = None
     #: The auto_LiRPA methods every bound needs (alpha-CROWN's own failures fall back to CROWN, see below).
     methods: ClassVar[tuple[str, ...]] = ("CROWN", "IBP")
 
     def prepare(self, problem: Problem) -> None:
-        """Build the BoundedModule and bound once, so unsupported layers are reported before any work."""
-        bounded, C, _ = self._setup(problem, self.Options())
-        for _, x in perturbations(problem, bounded.lirpa):
-            for method in self.methods:
-                compute(bounded, x, C, _method(bounded, method))
+        """Build the BoundedModule and bound once, so unsupported layers are reported before any work.
+
+        Raises only :class:`GcertError` (one line): an unexpected failure is reported as such, not as a traceback.
+        """
+        try:
+            bounded, C, _ = self._setup(problem, self.Options())
+            for _, x in perturbations(problem, bounded.lirpa):
+                for method in self.methods:
+                    compute(bounded, x, C, _method(bounded, method))
+        except GcertError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any other failure is one line naming the certifier
+            raise GcertError(f"certifier {self.name!r} failed on this network: {one_line(exc)}") from None
 
     def certify(self, problem: Problem, options: Any) -> Outcome:
-        region = problem.region
-        if region.dim == 1 and options.splits > 1:
+        """The verdict; a failure that is not a :class:`GcertError` becomes ``unknown`` with the reason."""
+        try:
+            return self._certify(problem, options)
+        except GcertError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never a bare traceback from inside the adapter
+            return Outcome("unknown", details={"reason": f"{self.name} failed: {one_line(exc)}"})
+
+    def _certify(self, problem: Problem, options: Any) -> Outcome:
+        if problem.region.dim == 1 and options.splits > 1:
             # A bound over a shorter piece of t is tighter: bisect where it is worst (gcert.splitting).
             bounded, C, d = self._setup(problem, options)
             details = _details(bounded)
 
             def piece(a: float, b: float) -> float:
-                x = box_input(bounded.lirpa, torch.tensor([a]), torch.tensor([b]))
-                return float((self.lower_bound(bounded, x, C, options, details) + d).min())
+                # Python floats are float64, and so are these endpoints: a float32 tensor would round them,
+                # half the time inward, and the bound would then miss the ends of the piece.
+                lo, hi = torch.tensor([a], dtype=DTYPE), torch.tensor([b], dtype=DTYPE)
+                x = box_input(bounded.lirpa, lo, hi)
+                return margin_lower_bound(problem, self.lower_bound(bounded, x, C, options, details) + d)
 
-            result = bisect(piece, problem.margins, float(region.lower[0]), float(region.upper[0]), options.splits)
+            lower, upper = region_box(problem)
+            result = bisect(piece, problem.margins, float(lower[0]), float(upper[0]), options.splits)
             return as_outcome(result, details)
         rows, details = self.bound(problem, options)
-        margin_lower = float(rows.min())
+        margin_lower = margin_lower_bound(problem, rows)
         if margin_lower > 0:
             return Outcome("certified", margin_lower=margin_lower, details=details)
         probes = probe_points(problem, options.probes)
@@ -143,14 +167,38 @@ class LirpaCertifier(Certifier):
         raise NotImplementedError
 
     def _setup(self, problem: Problem, options: Any = None) -> tuple[Bounded, torch.Tensor, torch.Tensor]:
+        """The BoundedModule, and the spec's C (1, m, k) and d (m,) in float64 (as the spec stores them, if it
+        stores float64; never rounded through float32 here)."""
         forward = self.forward_mode(problem, getattr(options, "mode", "backward"))
-        return bounded_module(problem, forward), problem.spec.C.to(DTYPE).unsqueeze(0), problem.spec.d.to(DTYPE)
+        C = torch.as_tensor(problem.spec.C).to(DTYPE).unsqueeze(0)
+        return bounded_module(problem, forward), C, torch.as_tensor(problem.spec.d).to(DTYPE)
 
     def forward_mode(self, problem: Problem, mode: str) -> bool:
         """Whether the bounds are computed in forward mode (see ``LirpaOptions.mode``)."""
         if mode != "auto":
             return mode == "forward"
         return problem.region.dim <= AUTO_FORWARD_DIM and largest_layer(problem) > AUTO_FORWARD_LAYER
+
+
+def margin_lower_bound(problem: Problem, rows: torch.Tensor) -> float:
+    """A lower bound of the spec's margin from lower bounds of its rows ``C N + d``, (m,).
+
+    A spec with clauses (each holds when one of its rows is > 0) reduces by its own ``reduce`` (min over clauses
+    of max over their rows, which is sound for lower bounds); a spec without it holds when every row is > 0.
+    """
+    reduce = getattr(problem.spec, "reduce", None)
+    if reduce is None:
+        return float(rows.min())
+    return float(torch.as_tensor(reduce(rows.reshape(1, -1))).reshape(-1)[0])
+
+
+def region_box(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """The region's box of t in float64, as the region gives it (``gcert.regions`` keeps its bounds in float64,
+    and an Lp ball's box rounded outward); widening a float32 bound to float64 is exact, rounding a float64 one
+    to float32 is not (half the time inward, and a bound over a box that misses part of the region is no bound).
+    """
+    region = problem.region
+    return region.lower.to(DTYPE).reshape(-1), region.upper.to(DTYPE).reshape(-1)
 
 
 def _details(bounded: Bounded) -> dict[str, Any]:
@@ -175,7 +223,10 @@ def largest_layer(problem: Problem) -> int:
 
 
 def _measure_largest_layer(problem: Problem) -> int:
-    sizes = [problem.region.origin().numel()]
+    # At the network's own dtype: a VNN-LIB box is float64 while the network is float32 (a float64 origin made
+    # the first Linear fail with "mat1 and mat2 must have the same dtype").
+    origin = problem.region.origin().reshape(1, -1).to(problem.dtype)
+    sizes = [origin.numel()]
 
     def record(_module: nn.Module, _inputs: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor):
@@ -185,7 +236,7 @@ def _measure_largest_layer(problem: Problem) -> int:
     hooks = [m.register_forward_hook(record) for m in network.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            network(problem.region.origin().reshape(1, -1))
+            network(origin)
     finally:
         for h in hooks:
             h.remove()
@@ -208,7 +259,7 @@ class AlphaCrownCertifier(CrownCertifier):
     description = "alpha-CROWN: CROWN with optimised relaxation slopes (auto_LiRPA 0.3, float64); sound"
     Options = AlphaCrownOptions
 
-    def certify(self, problem: Problem, options: AlphaCrownOptions) -> Outcome:
+    def _certify(self, problem: Problem, options: AlphaCrownOptions) -> Outcome:
         if problem.region.dim > 1 or options.splits <= 1:
             # Optimising the slopes is costly (seconds to tens of seconds); skip it when CROWN certifies or its
             # probes already found a counterexample.
@@ -216,7 +267,7 @@ class AlphaCrownCertifier(CrownCertifier):
             if quick.verdict != "unknown" or options.iterations <= 0:
                 quick.details["alpha_iterations"] = 0
                 return quick
-        outcome = super().certify(problem, options)
+        outcome = super()._certify(problem, options)
         outcome.details.setdefault("alpha_iterations", options.iterations)
         return outcome
 
@@ -270,8 +321,26 @@ def build(network: nn.Module, origin: torch.Tensor, lirpa: types.ModuleType, for
             module = lirpa.BoundedModule(graph, example, bound_opts=dict(compat.BOUND_OPTS), device="cpu")
         except Exception as exc:  # noqa: BLE001 - auto_LiRPA's failures become one line naming the op
             raise _unsupported(exc, lirpa, log) from None
+        _refuse_unsound_nodes(module, lirpa)
         _check_same_function(graph, module, example)
     return Bounded(graph, module, lirpa, forward)
+
+
+def _refuse_unsound_nodes(module: Any, lirpa: types.ModuleType) -> None:
+    """Refuse nodes whose 0.3 bounds do not hold for their settings, should one get past the rewrites.
+
+    ``BoundLeakyRelu`` assumes a slope in [0, 1] (above 1 it is concave, below 0 not monotone). ``nn.LeakyReLU``
+    and ``F.leaky_relu`` are rewritten into ReLUs (``gcert_lirpa.rewrite.leaky_relu_as_relu``); other layers
+    that export as LeakyRelu (e.g. ``nn.RReLU`` in eval mode) are not, and are refused here if their slope is
+    outside that range.
+    """
+    for node in list(module._modules.values()):
+        if isinstance(node, lirpa.operators.BoundLeakyRelu):
+            slope = float(node.alpha)
+            if not 0.0 <= slope <= 1.0:
+                raise UnsupportedOperatorError(
+                    "LeakyRelu", f"auto_LiRPA node {node.name!r}", ELSEWHERE,
+                    hint=f"auto_LiRPA 0.3 bounds it soundly only for slopes in [0, 1], this one has slope {slope:g}")
 
 
 def _check_same_function(graph: fx.GraphModule, module: Any, example: torch.Tensor) -> None:
@@ -294,7 +363,7 @@ def perturbations(problem: Problem, lirpa: types.ModuleType) -> Iterator[tuple[s
     alone and the bounding box are both supersets of the region, and the tighter bound of the two is used.
     """
     region = problem.region
-    yield "box", box_input(lirpa, region.lower, region.upper)
+    yield "box", box_input(lirpa, *region_box(problem))
     if isinstance(region, LpBall) and region.p != math.inf:
         p = int(region.p)
         ball = lirpa.PerturbationLpNorm(eps=region.eps, norm=p)
@@ -302,7 +371,8 @@ def perturbations(problem: Problem, lirpa: types.ModuleType) -> Iterator[tuple[s
 
 
 def box_input(lirpa: types.ModuleType, lower: torch.Tensor, upper: torch.Tensor) -> Any:
-    """The perturbed input of auto_LiRPA for the box [lower, upper] of t (1-D tensors)."""
+    """The perturbed input of auto_LiRPA for the box [lower, upper] of t (1-D tensors; float32 ones are widened
+    exactly, so pass float64 where the endpoints are not float32 values)."""
     lo, hi = lower.reshape(1, -1).to(DTYPE), upper.reshape(1, -1).to(DTYPE)
     return lirpa.BoundedTensor((lo + hi) / 2, lirpa.PerturbationLpNorm(norm=math.inf, x_L=lo, x_U=hi))
 
@@ -390,7 +460,8 @@ def crown_vertices(problem: Problem, rows: int = 3) -> torch.Tensor:
     where CROWN's linear lower bound of that row is smallest, projected into the region, (<= rows, dim)."""
     bounded, C, _ = _CROWN._setup(problem)
     region, module = problem.region, bounded.module
-    x = box_input(bounded.lirpa, region.lower, region.upper)
+    lo, hi = region_box(problem)
+    x = box_input(bounded.lirpa, lo, hi)
     with _lirpa_calls(bounded.lirpa) as log, torch.no_grad():
         try:
             lower, _, A = module.compute_bounds(x=(x,), C=C, method="CROWN", bound_upper=False, return_A=True,
@@ -399,7 +470,6 @@ def crown_vertices(problem: Problem, rows: int = 3) -> torch.Tensor:
             raise _unsupported(exc, bounded.lirpa, log) from None
     slopes = A[module.output_name[0]][module.input_name[0]]["lA"][0].reshape(C.shape[1], -1)
     worst = lower.reshape(-1).argsort()[:rows]
-    lo, hi = region.lower.to(DTYPE), region.upper.to(DTYPE)
     vertices = torch.where(slopes[worst] > 0, lo, hi)
     return region.project(vertices.to(region.lower.dtype))
 

@@ -197,16 +197,36 @@ def _expand_forward(gm: fx.GraphModule, node: fx.Node) -> None:
         "reshape", (g.call_module(name, (g.call_method("reshape", (x, -1, n_in)),)), -1, *out)))
 
 
+# --- LeakyReLU -> ReLU (every mode) -------------------------------------------------------------------
+
+
 def leaky_relu_as_relu(x: torch.Tensor, slope: float) -> torch.Tensor:
-    """``LeakyReLU(x) = slope * x + (1 - slope) * ReLU(x)``: the same triangle relaxation, from ops 0.3 bounds
-    forward (it has no forward relaxation of LeakyRelu)."""
+    """``LeakyReLU(x) = slope * x + (1 - slope) * ReLU(x)``, exact for every slope.
+
+    0.3's ``BoundLeakyRelu`` assumes 0 <= slope <= 1: for slope > 1 the function is concave and its chord
+    "upper" bound lies below it (CROWN certified a network that fails at the kink), for slope < 0 it is not
+    monotone and its IBP (the values at the two ends) misses the kink; it has no forward bound at all. In this
+    form 0.3 bounds a ReLU and two products with constants, which hold for any sign of ``1 - slope``. For
+    slopes in [0, 1] this is the same triangle relaxation (IBP gives the same interval; CROWN's lower slope,
+    s or 1, is picked by ReLU's rule), and alpha-CROWN can optimise it, which it cannot for ``BoundLeakyRelu``.
+    """
     return torch.relu(x) * (1.0 - slope) + x * slope
 
 
-def _leaky_relu_forward(gm: fx.GraphModule, node: fx.Node) -> None:
+def _leaky_relu(gm: fx.GraphModule, node: fx.Node) -> None:
     m: nn.LeakyReLU = gm.get_submodule(str(node.target))
     x, slope = node.args[0], float(m.negative_slope)
     _replace(gm, node, lambda g: g.call_function(leaky_relu_as_relu, (x, slope)))
+
+
+def _leaky_relu_fn(gm: fx.GraphModule, node: fx.Node) -> None:
+    """``F.leaky_relu(x, slope)`` inside a user's ``forward`` (a call_function node of the traced graph)."""
+    names = ("input", "negative_slope", "inplace")
+    given = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    slope = given.get("negative_slope", 0.01)
+    if not isinstance(slope, int | float):
+        raise _unsupported(node, "leaky_relu", "a negative slope computed inside the network")
+    _replace(gm, node, lambda g: g.call_function(leaky_relu_as_relu, (given["input"], float(slope))))
 
 
 # --- Conv1d -> Conv2d over a height-1 image ----------------------------------------------------------
@@ -423,12 +443,12 @@ MODULE_REWRITES: dict[type, Callable[[fx.GraphModule, fx.Node], None]] = {
     nn.Unflatten: _unflatten,
     nn.Hardtanh: _hardtanh,
     nn.ReLU6: _hardtanh,
+    nn.LeakyReLU: _leaky_relu,
 }
 
 #: Extra module rewrites when intermediate bounds are computed in forward mode.
 FORWARD_MODULE_REWRITES: dict[type, Callable[[fx.GraphModule, fx.Node], None]] = {
     nn.ConvTranspose2d: _conv_transpose_forward,
-    nn.LeakyReLU: _leaky_relu_forward,
 }
 
 #: Extra method rewrites when intermediate bounds are computed in forward mode.
@@ -442,6 +462,7 @@ FUNCTION_REWRITES: dict[Any, Callable[[fx.GraphModule, fx.Node], None]] = {
     F.pad: _pad_fn,
     F.hardtanh: _hardtanh_fn,
     F.relu6: _relu6_fn,
+    F.leaky_relu: _leaky_relu_fn,
     torch.unflatten: _unflatten_fn,
 }
 
