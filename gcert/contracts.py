@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gcert.problem import Problem
 
 MUTATION_KINDS = ("geometric", "stylized", "global-perceptual", "local-perceptual", "pixel")
+REGION_KINDS = ("segment", "box", "lp-ball")
 GUARANTEES = ("complete", "sound", "quantitative", "probabilistic", "falsifier")
 VERDICTS = ("certified", "falsified", "unknown")
 
@@ -129,12 +130,25 @@ class Certifier(ABC):
     Subclasses set ``name``, ``guarantee`` (one of ``GUARANTEES``), a one-line ``description``
     and an ``Options`` dataclass, and implement :meth:`certify`. :meth:`prepare` runs once per
     problem shape before any work, so that an unsupported layer is reported before a long run.
+
+    ``regions`` (kinds from ``REGION_KINDS``) and ``max_dim`` declare the regions the certifier analyses, over
+    their whole ``[lower, upper]`` box in ``t``: the host refuses any other region in one line before calling it.
     """
 
     name: ClassVar[str]
     guarantee: ClassVar[str]
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    regions: ClassVar[tuple[str, ...]] = REGION_KINDS
+    max_dim: ClassVar[int | None] = None
+
+    def accepts(self, region: Any) -> bool:
+        """Whether the region is of a kind and size this certifier declares."""
+        return region.kind in self.regions and (self.max_dim is None or region.dim <= self.max_dim)
+
+    def region_text(self) -> str:
+        kinds = "/".join(self.regions)
+        return kinds if self.max_dim is None else f"{kinds} of at most {self.max_dim} dimension(s)"
 
     def prepare(self, problem: Problem) -> None:  # noqa: B027 - optional hook, default does nothing
         """Raise :class:`gcert.errors.GcertError` if this certifier cannot handle the problem."""
@@ -175,3 +189,13 @@ def _coerce(owner: str, key: str, value: Any, typ: Any) -> Any:
 
 
 _UnionType = type(int | None)
+
+
+def check_region(certifier: Certifier, region: Any, others: Mapping[str, Certifier] = {}) -> None:  # noqa: B006
+    """Refuse, in one line, a region the certifier does not declare; name the certifiers that take it."""
+    if certifier.accepts(region):
+        return
+    takers = sorted(n for n, c in others.items() if c.accepts(region) and n != certifier.name)
+    alternatives = f"; certifiers that take it: {', '.join(takers)}" if takers else ""
+    raise GcertError(f"certifier {certifier.name!r} analyses {certifier.region_text()} regions, not a "
+                     f"{region.dim}-dimensional {region.kind}{alternatives}")

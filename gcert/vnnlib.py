@@ -1,16 +1,28 @@
 """Reading VNN-LIB properties (VNN-COMP): an input box and the unsafe output set, as a gcert box and spec.
 
-A property states the *unsafe* set. gcert certifies its complement, which is a conjunction of strict linear
-rows exactly when the unsafe set is a disjunction of single comparisons (every robustness property of
-VNN-COMP 2021 is). Other shapes are refused with a one-line error.
+The top-level assertions of a file are conjoined; each is a formula of ``and``/``or`` over comparisons of
+variables and constants. Their conjunction is brought to its disjunctive normal form, a disjunction of
+conjunctions of comparisons. Comparisons that mention only inputs ``X_i`` give the input box (they must be the
+same in every disjunct); the rest form the unsafe set, a disjunction of conjunctions of output comparisons.
+gcert certifies its complement: a conjunction (one clause per disjunct) of disjunctions of strict linear rows,
+which :class:`gcert.spec.Spec` holds as ``clauses``.
+
+Constants are read exactly (as fractions) and rounded once to float64 in the conservative direction: input
+bounds outward (the box certified contains the property's), spec offsets downward (the spec certified is never
+weaker than the property's). :meth:`Property.violated` evaluates the original formula tree at a point in exact
+arithmetic, independently of the compiled rows: the runner checks every counterexample with it.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,128 +31,273 @@ from gcert.spec import Spec
 
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
 _VAR = re.compile(r"^([XY])_(\d+)$")
+_COMPARISONS = ("<=", ">=", "<", ">")
+MAX_DISJUNCTS = 10_000
+
+Atom = tuple[str, Any, Any]  # (op, lhs, rhs): lhs/rhs are variable names or Fractions
 
 
 @dataclass
 class Property:
-    lower: torch.Tensor  # (n,) input lower bounds, X_0 .. X_{n-1}
+    lower: torch.Tensor  # (n,) input lower bounds, X_0 .. X_{n-1} (float64, rounded outward)
     upper: torch.Tensor
     spec: Spec  # the complement of the unsafe set
     source: str
+    num_outputs: int = 0  # how many outputs Y_j it declares
+    assertions: list[Any] = field(default_factory=list)  # the parsed top-level assertion bodies
+    inner_lower: torch.Tensor | None = None  # the input box rounded inward: every float64 point in it is in the box
+    inner_upper: torch.Tensor | None = None
+
+    def violated(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Whether every top-level assertion holds at inputs ``x`` and outputs ``y`` (exact arithmetic):
+        the point lies in the input set and its outputs in the unsafe set."""
+        xs = [Fraction(float(v)) for v in x.reshape(-1).tolist()]
+        ys = [Fraction(float(v)) for v in y.reshape(-1).tolist()]
+        return all(_evaluate(a, xs, ys, self.source) for a in self.assertions)
 
 
 def read_vnnlib(path: str | os.PathLike[str]) -> Property:
-    text = Path(path).read_text()
+    """Parse a VNN-LIB 1.0 file (VNN-COMP 2021-2024); every problem with it is one line of :class:`InputError`."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read VNN-LIB file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a VNN-LIB text file (it is not UTF-8 text)") from None
+    if "\x00" in text:
+        raise InputError(f"{path} is not a VNN-LIB text file (it holds binary data)")
     text = "\n".join(line.split(";", 1)[0] for line in text.splitlines())
     tokens = _TOKEN.findall(text)
+    tokens.reverse()
     exprs = []
     while tokens:
         exprs.append(_parse(tokens, path))
-    n_x = n_y = 0
-    bounds: dict[int, list[float]] = {}
-    unsafe: list[list[tuple[str, object, object]]] = []
+    declared: dict[str, set[int]] = {"X": set(), "Y": set()}
+    assertions: list[Any] = []
     for e in exprs:
         if not isinstance(e, list) or not e:
-            continue
+            raise InputError(f"{path}: expected (declare-const ...) or (assert ...), got {_show(e)}")
         if e[0] == "declare-const":
+            if len(e) != 3:
+                raise InputError(f"{path}: malformed declaration {_show(e)}")
             kind, idx = _var(e[1], path)
-            if kind == "X":
-                n_x = max(n_x, idx + 1)
-            else:
-                n_y = max(n_y, idx + 1)
+            declared[kind].add(idx)
         elif e[0] == "assert":
-            body = e[1]
-            comparison = _comparison(body)
-            if comparison and _mentions_only(body, "X"):
-                op, a, b = comparison
-                var, value, is_upper = (a, b, op == "<=") if isinstance(a, str) else (b, a, op == ">=")
-                _, idx = _var(var, path)
-                slot = bounds.setdefault(idx, [float("-inf"), float("inf")])
-                slot[1 if is_upper else 0] = float(value)
-            elif comparison:
-                unsafe.append([comparison])  # a single top-level comparison is one disjunct
-            elif body[0] == "or":
-                unsafe.extend(_conjunction(d, path) for d in body[1:])
-            elif body[0] == "and":
-                unsafe.append(_conjunction(body, path))
-            else:
-                raise InputError(f"{path}: unsupported assertion ({body[0]} ...)")
-    if n_x == 0 or len(bounds) != n_x or any(not all(map(_finite, b)) for b in bounds.values()):
-        raise InputError(f"{path}: every input X_i needs a lower and an upper bound")
-    if not unsafe:
-        raise InputError(f"{path}: no output constraint (the unsafe set) found")
-    if any(len(disjunct) != 1 for disjunct in unsafe):
-        raise InputError(f"{path}: a disjunct of the unsafe set is a conjunction of comparisons; its complement "
-                         "is a disjunction, which gcert's specs (all rows > 0) cannot express")
-    rows = [disjunct[0] for disjunct in unsafe]
-    C = torch.zeros(len(rows), n_y, dtype=torch.float64)
-    d = torch.zeros(len(rows), dtype=torch.float64)
-    for r, (op, a, b) in enumerate(rows):
-        # unsafe: a >= b (or a <= b). safe, strictly: b - a > 0 (or a - b > 0).
-        lhs, rhs = (b, a) if op == ">=" else (a, b)
-        for term, sign in ((lhs, 1.0), (rhs, -1.0)):
-            if isinstance(term, str):
-                kind, idx = _var(term, path)
-                if kind != "Y":
-                    raise InputError(f"{path}: output constraints may only mention Y variables")
-                C[r, idx] += sign
-            else:
-                d[r] += sign * float(term)
-    lower = torch.tensor([bounds[i][0] for i in range(n_x)], dtype=torch.float64)
-    upper = torch.tensor([bounds[i][1] for i in range(n_x)], dtype=torch.float64)
-    if bool((lower > upper).any()):
-        raise InputError(f"{path}: some input has lower bound > upper bound")
-    return Property(lower, upper, Spec(C.float(), d.float(), "vnnlib", {"file": Path(path).name}), str(path))
+            if len(e) != 2:
+                raise InputError(f"{path}: an assert takes one formula, got {_show(e)}")
+            assertions.append(e[1])
+        else:
+            raise InputError(f"{path}: unsupported command {e[0]!r}; VNN-LIB files hold declare-const and assert")
+    if not assertions:
+        raise InputError(f"{path}: no assertions; a property needs input bounds and an unsafe output set")
+    n_x, n_y = _count(declared["X"], "X", path), _count(declared["Y"], "Y", path)
+    dnf = [[]]  # the conjunction of all top-level assertions
+    for a in assertions:
+        dnf = _and(dnf, _dnf(a, declared, path), path)
+    boxes, unsafe = set(), []
+    for conj in dnf:
+        x_atoms = [a for a in conj if _kinds(a) == {"X"}]
+        y_atoms = [a for a in conj if _kinds(a) != {"X"}]
+        if any("X" in _kinds(a) for a in y_atoms) or any(not _kinds(a) for a in conj):
+            bad = next(a for a in conj if ("X" in _kinds(a) and "Y" in _kinds(a)) or not _kinds(a))
+            raise InputError(f"{path}: comparison {_show(list(bad))} mixes inputs and outputs or has no variable; "
+                             "gcert reads input bounds and output constraints")
+        boxes.add(frozenset(x_atoms))
+        unsafe.append(y_atoms)
+    if len(boxes) != 1:
+        raise InputError(f"{path}: the property has {len(boxes)} different input boxes (a disjunction over inputs); "
+                         "split it into one file per box")
+    (lower, upper), inner = _box(next(iter(boxes)), n_x, path)
+    spec = _safe_spec(unsafe, n_y, path)
+    return Property(lower, upper, spec, str(path), n_y, assertions, *inner)
+
+
+# --- parsing -----------------------------------------------------------------------------------------
 
 
 def _parse(tokens: list[str], path: object) -> object:
-    tok = tokens.pop(0)
+    tok = tokens.pop()
     if tok == "(":
         out = []
-        while tokens and tokens[0] != ")":
+        while tokens and tokens[-1] != ")":
             out.append(_parse(tokens, path))
         if not tokens:
-            raise InputError(f"{path}: unbalanced parentheses")
-        tokens.pop(0)
+            raise InputError(f"{path}: unbalanced parentheses (a '(' is never closed)")
+        tokens.pop()
         return out
     if tok == ")":
-        raise InputError(f"{path}: unexpected ')'")
-    try:
-        return float(tok)
-    except ValueError:
-        return tok
+        raise InputError(f"{path}: unbalanced parentheses (an unexpected ')')")
+    return tok
+
+
+def _show(e: object) -> str:
+    def text(x: object) -> str:
+        return "(" + " ".join(text(y) for y in x) + ")" if isinstance(x, list) else str(x)
+
+    s = text(e)
+    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def _var(token: object, path: object) -> tuple[str, int]:
     m = _VAR.match(str(token))
     if not m:
-        raise InputError(f"{path}: expected a variable X_i or Y_j, got {token!r}")
+        raise InputError(f"{path}: expected a variable X_i or Y_j, got {_show(token)}")
     return m.group(1), int(m.group(2))
 
 
-def _comparison(e: object) -> tuple[str, object, object] | None:
-    if isinstance(e, list) and len(e) == 3 and e[0] in ("<=", ">="):
-        if any(isinstance(t, list) for t in e[1:]):
-            return None
-        return e[0], e[1], e[2]
-    return None
+def _count(indices: set[int], kind: str, path: object) -> int:
+    if not indices:
+        raise InputError(f"{path}: no {kind} variables declared (declare-const {kind}_0 Real)")
+    n = max(indices) + 1
+    if len(indices) != n:
+        missing = min(set(range(n)) - indices)
+        raise InputError(f"{path}: {kind}_{missing} is not declared but {kind}_{n - 1} is")
+    return n
 
 
-def _conjunction(e: object, path: object) -> list[tuple[str, object, object]]:
-    comparison = _comparison(e)
-    if comparison:
-        return [comparison]
-    if isinstance(e, list) and e and e[0] == "and":
-        parts = [_comparison(x) for x in e[1:]]
-        if all(parts):
-            return [p for p in parts if p]
-    raise InputError(f"{path}: unsupported output constraint {e!r:.60}")
+def _term(token: object, declared: dict[str, set[int]], path: object) -> str | Fraction:
+    if isinstance(token, list):
+        raise InputError(f"{path}: comparison operands must be variables or numbers, got {_show(token)}")
+    m = _VAR.match(token)
+    if m:
+        if int(m.group(2)) not in declared[m.group(1)]:
+            raise InputError(f"{path}: {token} is used but not declared")
+        return token
+    try:
+        value = Fraction(token)
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"{path}: expected a variable or a finite number, got {token!r}") from None
+    return value
 
 
-def _mentions_only(e: object, kind: str) -> bool:
-    names = [t for t in (e[1], e[2]) if isinstance(t, str)] if isinstance(e, list) else []
-    return bool(names) and all(str(n).startswith(kind + "_") for n in names)
+def _dnf(e: object, declared: dict[str, set[int]], path: object) -> list[list[Atom]]:
+    """A formula as a list of conjunctions of atoms (its disjunctive normal form)."""
+    if not isinstance(e, list) or not e:
+        raise InputError(f"{path}: expected a formula, got {_show(e)}")
+    head = e[0]
+    if head in _COMPARISONS:
+        if len(e) != 3:
+            raise InputError(f"{path}: a comparison takes two operands, got {_show(e)}")
+        return [[(head, _term(e[1], declared, path), _term(e[2], declared, path))]]
+    if head == "and":
+        out: list[list[Atom]] = [[]]
+        for part in e[1:]:
+            out = _and(out, _dnf(part, declared, path), path)
+        return out
+    if head == "or":
+        if len(e) < 2:
+            raise InputError(f"{path}: (or) needs at least one formula")
+        return [conj for part in e[1:] for conj in _dnf(part, declared, path)]
+    raise InputError(f"{path}: unsupported formula ({head} ...); gcert reads and, or, <=, >=, <, >")
 
 
-def _finite(v: float) -> bool:
-    return v not in (float("inf"), float("-inf"))
+def _and(a: list[list[Atom]], b: list[list[Atom]], path: object) -> list[list[Atom]]:
+    if len(a) * len(b) > MAX_DISJUNCTS:
+        raise InputError(f"{path}: the property expands to more than {MAX_DISJUNCTS} disjuncts")
+    return [x + y for x, y in itertools.product(a, b)]
+
+
+def _kinds(atom: Atom) -> set[str]:
+    return {t[0] for t in atom[1:] if isinstance(t, str)}
+
+
+# --- the box and the spec ------------------------------------------------------------------------------
+
+
+Bounds = tuple[torch.Tensor, torch.Tensor]
+
+
+def _box(atoms: frozenset[Atom], n_x: int, path: object) -> tuple[Bounds, Bounds]:
+    """The input box rounded outward (the region certified) and inward (where counterexamples are taken)."""
+    lo: list[Fraction | None] = [None] * n_x
+    hi: list[Fraction | None] = [None] * n_x
+    for op, a, b in atoms:
+        if isinstance(a, str) and isinstance(b, str):
+            raise InputError(f"{path}: input constraint ({op} {a} {b}) relates two inputs; gcert reads input boxes")
+        var, value, upper = (a, b, op in ("<=", "<")) if isinstance(a, str) else (b, a, op in (">=", ">"))
+        i = _var(var, path)[1]
+        if upper:
+            hi[i] = value if hi[i] is None else min(hi[i], value)
+        else:
+            lo[i] = value if lo[i] is None else max(lo[i], value)
+    for i in range(n_x):
+        if lo[i] is None or hi[i] is None:
+            raise InputError(f"{path}: every input X_i needs a lower and an upper bound; X_{i} lacks one")
+        if lo[i] > hi[i]:
+            raise InputError(f"{path}: X_{i} has lower bound {float(lo[i])} > upper bound {float(hi[i])}")
+    lower = torch.tensor([_round(v, down=True) for v in lo], dtype=torch.float64)
+    upper = torch.tensor([_round(v, down=False) for v in hi], dtype=torch.float64)
+    if not (bool(torch.isfinite(lower).all()) and bool(torch.isfinite(upper).all())):
+        raise InputError(f"{path}: an input bound is too large for float64")
+    inner_lo = torch.tensor([_round(v, down=False) for v in lo], dtype=torch.float64)
+    inner_hi = torch.tensor([_round(v, down=True) for v in hi], dtype=torch.float64)
+    # A box narrower than one float64 has no inner float64 box: keep the outer one (witnesses may then fail the
+    # exact check, and are reported as rejected).
+    empty = inner_lo > inner_hi
+    inner_lo, inner_hi = torch.where(empty, lower, inner_lo), torch.where(empty, upper, inner_hi)
+    return (lower, upper), (inner_lo, inner_hi)
+
+
+def _safe_spec(unsafe: list[list[Atom]], n_y: int, path: object) -> Spec:
+    """The complement of the unsafe set: for each disjunct, one of its comparisons fails (a clause of rows)."""
+    rows: dict[tuple[tuple[float, ...], float], int] = {}
+    clauses: list[tuple[int, ...]] = []
+    for conj in unsafe:
+        clause = []
+        if not conj:
+            raise InputError(f"{path}: a disjunct of the unsafe set has no output constraint, so every input in the "
+                             "box is unsafe; check the property")
+        for op, a, b in conj:
+            # unsafe a <= b (or a < b): safe, strictly, a - b > 0. unsafe a >= b (or a > b): safe b - a > 0.
+            pos, neg = (a, b) if op in ("<=", "<") else (b, a)
+            coeffs = [Fraction(0)] * n_y
+            const = Fraction(0)
+            for term, sign in ((pos, 1), (neg, -1)):
+                if isinstance(term, str):
+                    coeffs[_var(term, path)[1]] += sign
+                else:
+                    const += sign * term
+            key = (tuple(float(c) for c in coeffs), _round(const, down=True))
+            if not math.isfinite(key[1]):
+                raise InputError(f"{path}: an output constant is too large for float64")
+            clause.append(rows.setdefault(key, len(rows)))
+        clauses.append(tuple(dict.fromkeys(clause)))
+    C = torch.tensor([list(k[0]) for k in rows], dtype=torch.float64)
+    d = torch.tensor([k[1] for k in rows], dtype=torch.float64)
+    return Spec(C, d, "vnnlib", {"file": Path(str(path)).name}, clauses=tuple(clauses))
+
+
+def _round(value: Fraction, down: bool) -> float:
+    """The float64 nearest ``value`` in the given direction (never past it)."""
+    try:
+        f = float(value)
+    except OverflowError:
+        return -math.inf if value < 0 else math.inf
+    if down and Fraction(f) > value:
+        f = math.nextafter(f, -math.inf)
+    elif not down and Fraction(f) < value:
+        f = math.nextafter(f, math.inf)
+    return f
+
+
+# --- exact evaluation of the original formulas ------------------------------------------------------------
+
+
+def _evaluate(e: Any, xs: list[Fraction], ys: list[Fraction], path: object) -> bool:
+    head = e[0]
+    if head == "and":
+        return all(_evaluate(p, xs, ys, path) for p in e[1:])
+    if head == "or":
+        return any(_evaluate(p, xs, ys, path) for p in e[1:])
+    a, b = (_value(t, xs, ys) for t in e[1:])
+    return {"<=": a <= b, ">=": a >= b, "<": a < b, ">": a > b}[head]
+
+
+def _value(token: str, xs: list[Fraction], ys: list[Fraction]) -> Fraction:
+    m = _VAR.match(token)
+    if m is None:
+        return Fraction(token)
+    values = xs if m.group(1) == "X" else ys
+    return values[int(m.group(2))]

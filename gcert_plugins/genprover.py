@@ -9,20 +9,21 @@ bisected in ``t`` until the budget is spent. On piecewise-linear networks the bo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 import gcert
-from gcert.bounds import Box, forward_boxes
+from gcert.bounds import Box, error_bounds, forward_boxes
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError
+from gcert.line import analyse_line, forward_chunked, line_interval, line_outcome
 from gcert.lowering import Activation, Lowered
 from gcert.pieces import Pieces, propagate, start
 from gcert.problem import Problem
 from gcert.spec import Spec
-from gcert_plugins.exactline import analyse_segment, lower_composed, outcome_of
 
 Tensor = torch.Tensor
 
@@ -34,6 +35,13 @@ class GenProverOptions:
     max_cells: int = 4096  # cells carried through the smooth part at once (more exact pieces are merged)
     refinements: int = 12  # rounds of bisecting undecided cells
     max_pieces: int = 1_000_000  # exact pieces allowed in the piecewise-linear prefix
+
+    def __post_init__(self) -> None:
+        for key in ("max_cells", "max_pieces"):
+            if getattr(self, key) < 1:
+                raise GcertError(f"genprover.{key} must be an integer >= 1, got {getattr(self, key)}")
+        if self.refinements < 0:
+            raise GcertError(f"genprover.refinements must be an integer >= 0, got {self.refinements}")
 
 
 @dataclass
@@ -48,35 +56,58 @@ class Cells:
     ends_b: dict[int, Tensor] | None
 
 
-def quantitative(lowered: Lowered, spec: Spec, options: GenProverOptions) -> tuple[float, float, dict[str, float]]:
-    """Sound lower and upper bounds on the share of t in [0, 1] where the spec holds."""
+@dataclass
+class Quantitative:
+    """Sound bounds on the share of ``[lo, hi]`` where the spec holds, and whether every cell was decided."""
+
+    lower: float
+    upper: float
+    all_hold: bool  # every cell's margin is provably > 0: the whole interval holds
+    details: dict[str, float]
+
+
+def quantitative(lowered: Lowered, spec: Spec, options: GenProverOptions, lo: float = 0.0,
+                 hi: float = 1.0) -> Quantitative:
+    """Sound lower and upper bounds on the share of t in ``[lo, hi]`` where the spec holds.
+
+    The prefix values at breakpoints carry float64 rounding; every cell's box is widened by the a priori bound
+    of that rounding (:func:`gcert.bounds.error_bounds`) before it enters interval arithmetic.
+    """
     smooth = [i for i, n in enumerate(lowered.nodes) if isinstance(n.op, Activation) and not n.op.piecewise_linear]
     stop = smooth[0] if smooth else len(lowered.nodes)
-    pieces = start(lowered, torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))
-    pieces = propagate(lowered, pieces, stop=stop, max_points=options.max_pieces + 1)
+    lo_t, hi_t = torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64)
+    pieces = propagate(lowered, start(lowered, lo_t, hi_t), stop=stop, max_points=options.max_pieces + 1)
+    errors = error_bounds(lowered, lo_t[0], hi_t[0], stop=stop)
     cells = _cells(pieces, options.max_cells)
-    C, d = spec.C.double(), spec.d.double()
+    C, d = spec.C, spec.d
     lower = failed = 0.0
+    all_hold = True
     evaluated = 0
     for round_ in range(options.refinements + 1):
-        out = forward_boxes(lowered, {k: Box(cells.lo[k], cells.hi[k]) for k in cells.lo}, begin=stop)
+        pad = {k: 4 * errors.error[k] + 2.0**-50 * errors.magnitude[k] for k in cells.lo}
+        out = forward_boxes(lowered, {k: Box(cells.lo[k] - pad[k], cells.hi[k] + pad[k]) for k in cells.lo},
+                            begin=stop)
         rows = _rows_box(out, C, d)
-        margin_lo, margin_hi = rows.lo.min(dim=1).values, rows.hi.min(dim=1).values
+        margin_lo, margin_hi = spec.reduce(rows.lo), spec.reduce(rows.hi)
         evaluated += int(cells.ta.numel())
         length = cells.tb - cells.ta
         holds, fails = margin_lo > 0, margin_hi <= 0
-        lower += float(length[holds].sum())
-        failed += float(length[fails].sum())
+        lower += math.fsum(length[holds].tolist())
+        failed += math.fsum(length[fails].tolist())
         undecided = ~(holds | fails)
+        all_hold = all_hold and not bool(fails.any())
         if not bool(undecided.any()) or round_ == options.refinements or cells.ends_a is None:
+            all_hold = all_hold and not bool(undecided.any())
             break
         chosen = _widest(undecided, length, options.max_cells // 2)
-        cells = _bisect(cells, chosen)  # undecided cells left out of the budget simply stay undecided
-    # Undecided cells count toward the upper bound only. Sums of cell lengths can round a last ulp past each
-    # other or past 1; the share is a fraction of [0, 1] with lower <= upper.
-    lower = min(lower, 1.0)
-    return lower, max(lower, min(1.0 - failed, 1.0)), {"cells_evaluated": evaluated, "exact_prefix_nodes": stop,
-                                    "exact_prefix_pieces": pieces.count - 1}
+        if chosen.numel() < int(undecided.sum()):
+            all_hold = False  # undecided cells left out of the budget stay undecided
+        cells = _bisect(cells, chosen)
+    # Lengths are fractions of the parameter interval [0, 1]; sums can round a last ulp past each other or past 1.
+    lower = min(lower * (1 - 2.0**-50), 1.0)
+    upper = max(lower, min(1.0 - failed * (1 - 2.0**-50), 1.0))
+    return Quantitative(lower, upper, all_hold, {"cells_evaluated": evaluated, "exact_prefix_nodes": stop,
+                                                 "exact_prefix_pieces": pieces.count - 1})
 
 
 def _rows_box(out: Box, C: Tensor, d: Tensor) -> Box:
@@ -143,32 +174,35 @@ def _bisect(cells: Cells, idx: Tensor) -> Cells:
 class GenProver(Certifier):
     name = "genprover"
     guarantee = "quantitative"
-    description = "sound lower/upper bounds on the share of a segment keeping the spec (any activation)"
+    description = "sound lower/upper bounds on the share of a one-dimensional region keeping the spec (any activation)"
     Options = GenProverOptions
+    regions = ("segment", "box", "lp-ball")
+    max_dim = 1
 
     def prepare(self, problem: Problem) -> None:
-        lower_composed(problem, self.name)
+        line_interval(problem.region, self.name)
 
     def certify(self, problem: Problem, options: GenProverOptions) -> Outcome:
-        lowered = lower_composed(problem, self.name)
+        lo, hi = line_interval(problem.region, self.name)
+        lowered = problem.lowered()
         try:
             if lowered.piecewise_linear:
-                line = analyse_segment(lowered, problem.spec, max_pieces=options.max_pieces)
-                return outcome_of(line, problem, lowered)
-            lower, upper, details = quantitative(lowered, problem.spec, options)
+                return line_outcome(analyse_line(lowered, problem.spec, lo, hi, options.max_pieces), problem, lowered)
+            q = quantitative(lowered, problem.spec, options, lo, hi)
         except GcertError as exc:
             return Outcome("unknown", details={"reason": str(exc)})
-        fraction = (lower, upper)
-        if lower >= 1.0:
-            return Outcome("certified", fraction=fraction, details=details)
-        # Undecided or failing: look for a concrete counterexample on a fine grid.
-        ts = torch.linspace(0, 1, 2049, dtype=torch.float64).reshape(-1, 1)
-        margins = problem.spec.margin(lowered.forward(ts))
+        fraction = (q.lower, q.upper)
+        if q.all_hold:  # every cell decided and holding; a share that sums to 1.0 is not enough
+            return Outcome("certified", fraction=fraction, details=q.details)
+        # Undecided or failing: look for a concrete counterexample on a fine grid of the region.
+        ts = (lo + torch.linspace(0, 1, 2049, dtype=torch.float64) * (hi - lo)).reshape(-1, 1)
+        ts[-1, 0] = hi
+        margins = problem.spec.margin(forward_chunked(lowered, ts))
         best = int(margins.argmin())
         if margins[best] <= 0:
             return Outcome("falsified", fraction=fraction, margin_upper=float(margins[best]),
-                           witness_t=ts[best], details=details)
-        return Outcome("unknown", fraction=fraction, margin_upper=float(margins.min()), details=details)
+                           witness_t=ts[best], details=q.details)
+        return Outcome("unknown", fraction=fraction, margin_upper=float(margins.min()), details=q.details)
 
 
 @gcert.hookimpl

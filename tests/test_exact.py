@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gcert.errors import GcertError, UnsupportedOperatorError
+from gcert.line import analyse_line
 from gcert.lowering import lower
 from gcert.problem import Problem
 from gcert.regions import LpBall, Segment
 from gcert.runner import confirm_witness
 from gcert.spec import Spec
-from gcert_plugins.exactline import ExactLine, analyse_segment
+from gcert_plugins.exactline import ExactLine
 from gcert_plugins.genprover import GenProver
 
 EXACT, GENPROVER = ExactLine(), GenProver()
@@ -100,7 +101,7 @@ def test_unsupported_op_is_named_with_who_handles_it():
     with pytest.raises(UnsupportedOperatorError, match="unsupported operator 'mul'.*product of two values"):
         lower(Weird(), (3,))
     problem = make_problem(smooth_network(1), 0, 1.0)
-    with pytest.raises(UnsupportedOperatorError, match="'tanh'.*certifiers that handle it: genprover, interval"):
+    with pytest.raises(UnsupportedOperatorError, match="'tanh'.*certifiers that handle it: deeppoly, genprover, interval"):
         EXACT.prepare(problem)
 
 
@@ -119,7 +120,7 @@ def test_exactline_agrees_with_dense_sampling_and_plain_forward_passes(seed, sca
     # the exact share against 100k points
     assert abs(out.fraction[0] - float((margins > 0).double().mean())) <= 1e-3
     # every piece is affine: the midpoint value is the mean of the endpoint values
-    line = analyse_segment(lower(problem.composed(), (1,)), problem.spec)
+    line = analyse_line(lower(problem.composed(), (1,)), problem.spec, 0.0, 1.0)
     ref = reference(problem)
     with torch.no_grad():
         ya, yb = ref(line.t[:-1].reshape(-1, 1)), ref(line.t[1:].reshape(-1, 1))
@@ -129,7 +130,8 @@ def test_exactline_agrees_with_dense_sampling_and_plain_forward_passes(seed, sca
         assert confirm_witness(problem, out.witness_t) is not None or out.margin_lower > -1e-6
         first = out.details["first_violation_t"]
         assert bool((margins[ts[:, 0] < first - 1e-9] > 0).all())  # nothing fails before the first violation
-        assert out.max_delta == pytest.approx(2.0 * first)
+        assert out.details["max_delta_supremum"] == pytest.approx(2.0 * first)
+        assert out.max_delta <= 2.0 * first  # a strength that is itself certified, below the supremum
     else:
         assert out.max_delta == 2.0
 
@@ -177,7 +179,7 @@ def test_exactline_gives_up_politely_beyond_its_piece_budget():
 def test_exactline_refuses_regions_that_are_not_segments():
     problem = Problem(pwl_network(0), nn.Identity(), LpBall(torch.rand(1, 6, 6), 0.1, float("inf")),
                       Spec.top1(0, 4))
-    with pytest.raises(GcertError, match="certifies segments.*36-dimensional lp-ball"):
+    with pytest.raises(GcertError, match="analyses one-dimensional regions; this lp-ball has 36 dimensions"):
         EXACT.prepare(problem)
 
 

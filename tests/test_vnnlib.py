@@ -42,8 +42,10 @@ def test_property_parses_into_a_box_and_the_complement_of_the_unsafe_set(tmp_pat
 
 
 @pytest.mark.parametrize("body, message", [
-    ("(assert (and (>= Y_0 Y_1) (>= Y_0 Y_2)))", "conjunction"),
     ("(assert (<= X_0 1))", "needs a lower and an upper bound"),
+    ("(assert (<= Y_0 nan))", "finite number"),
+    ("(assert (foo Y_0 Y_1))", "unsupported formula"),
+    ("(assert (<= Y_0 Y_7))", "Y_7 is used but not declared"),
 ])
 def test_unsupported_or_incomplete_properties_are_one_line_errors(tmp_path, body, message):
     head = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n(declare-const Y_2 Real)\n"

@@ -1,0 +1,186 @@
+"""The exact analysis of a one-dimensional region: the host's segment engine, shared by every certifier that uses it.
+
+A one-dimensional region (a GCert segment, a VNN-LIB box or an Lp ball of one input) is the interval
+``[lo, hi]`` of ``t``. :func:`analyse_line` splits it into the pieces on which the lowered network and every spec
+row are affine (:mod:`gcert.pieces`), evaluates the rows at the breakpoints with a direct float64 forward pass,
+and bounds the float64 rounding of those values a priori (:func:`gcert.bounds.error_bounds`). :func:`line_outcome`
+turns the analysis into a verdict that never certifies within that bound of 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gcert.bounds import error_bounds
+from gcert.contracts import Outcome
+from gcert.errors import GcertError
+from gcert.lowering import Lowered
+from gcert.pieces import Pieces, propagate, start
+from gcert.problem import Problem
+from gcert.regions import Region
+from gcert.spec import Spec
+
+Tensor = torch.Tensor
+FORWARD_BUDGET = 1 << 24  # float64 values of the widest layer held at once when re-evaluating breakpoints (128 MB)
+
+
+def line_interval(region: Region, certifier: str) -> tuple[float, float]:
+    """``(lo, hi)`` of a one-dimensional region, in float64; other regions are refused in one line."""
+    if region.dim != 1:
+        raise GcertError(f"{certifier} analyses one-dimensional regions; this {region.kind} has {region.dim} "
+                         "dimensions")
+    return float(region.lower.double()[0]), float(region.upper.double()[0])
+
+
+@dataclass
+class LineAnalysis:
+    """The exact partition of ``[lo, hi]`` and the spec along it."""
+
+    t: Tensor  # (P,) breakpoints, lo .. hi
+    margins: Tensor  # (P,) spec margin at each breakpoint (a direct float64 forward pass)
+    piece_holds: Tensor  # (P-1,) whether the spec holds inside each piece
+    rounding: float  # bound on the float64 rounding error of every margin above
+    interpolation_error: float  # max |interpolated - recomputed| output at the breakpoints (a diagnostic)
+
+    @property
+    def lo(self) -> float:
+        return float(self.t[0])
+
+    @property
+    def hi(self) -> float:
+        return float(self.t[-1])
+
+    @property
+    def pieces(self) -> int:
+        return int(self.t.numel()) - 1
+
+    @property
+    def pad(self) -> float:
+        """How far from 0 a margin must be for its sign to be trusted: the rounding bound, with room to spare."""
+        return 4 * self.rounding + 2 * self.interpolation_error
+
+    @property
+    def share(self) -> float:
+        """The fraction of the interval on which the spec holds (1.0 for a single point that holds)."""
+        if self.pieces == 0 or self.hi == self.lo:
+            return float(bool(self.margins.min() > 0))
+        lengths = self.t[1:] - self.t[:-1]
+        return float((lengths * self.piece_holds).sum() / (self.t[-1] - self.t[0]))
+
+    @property
+    def min_margin(self) -> float:
+        """The minimum of the margin over the interval (attained at a breakpoint)."""
+        return float(self.margins.min())
+
+    def first_violation(self) -> float | None:
+        """The infimum of the ``t`` where the spec fails, or None if it holds everywhere."""
+        candidates = []
+        bad_points = (self.margins <= 0).nonzero()
+        if bad_points.numel():
+            candidates.append(float(self.t[bad_points[0, 0]]))
+        bad_pieces = (~self.piece_holds).nonzero()
+        if bad_pieces.numel():
+            candidates.append(float(self.t[bad_pieces[0, 0]]))
+        return min(candidates) if candidates else None
+
+    def certified_up_to(self) -> float | None:
+        """A ``t`` such that the margin exceeds :attr:`pad` on all of ``[lo, t]`` (None if not even at ``lo``).
+
+        Inside the first piece whose end is not clear of the pad, the margin is affine: step back from the
+        point where it would reach 2 * pad, further still by a millionth of the piece's relative slope, so that
+        the same strength recomputed through float32 controls is certified again.
+        """
+        pad = self.pad
+        low = (self.margins <= pad).nonzero()
+        if not low.numel():
+            return self.hi
+        i = int(low[0, 0])
+        if i == 0:
+            return None
+        ta, tb = float(self.t[i - 1]), float(self.t[i])
+        ma, mb = float(self.margins[i - 1]), float(self.margins[i])
+        slope = (ma - mb) / max(tb - ta, 1e-300)
+        target = 2 * pad + 1e-6 * slope * max(abs(tb), abs(ta), 1e-300)
+        if ma <= target:
+            return ta
+        return ta + (tb - ta) * (ma - target) / (ma - mb)
+
+
+def analyse_line(lowered: Lowered, spec: Spec, lo: float, hi: float, max_pieces: int = 1_000_000) -> LineAnalysis:
+    """Exact analysis of ``lowered`` (piecewise linear, one input) on ``t`` in ``[lo, hi]`` (float64 ends)."""
+    if lowered.input_shape != (1,):
+        raise GcertError(f"exact line analysis needs a network of one input value, got shape {lowered.input_shape}")
+    pieces = start(lowered, torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64))
+    pieces = propagate(lowered, pieces, max_points=max_pieces + 1)
+    return spec_along(lowered, pieces, spec, lo, hi, max_pieces)
+
+
+def spec_along(lowered: Lowered, pieces: Pieces, spec: Spec, lo: float, hi: float, max_pieces: int) -> LineAnalysis:
+    """Split the propagated pieces where a spec row (or, inside a clause, the order of two rows) changes, then
+    evaluate every breakpoint directly."""
+    C, d = spec.C, spec.d
+    y = pieces.values[lowered.output].reshape(pieces.count, -1)
+    rows = y @ C.T + d
+    g = rows
+    if spec.clauses is not None:
+        pairs = [(a, b) for clause in spec.clauses for i, a in enumerate(clause) for b in clause[i + 1:]]
+        if pairs:
+            g = torch.cat([rows, rows[:, [a for a, _ in pairs]] - rows[:, [b for _, b in pairs]]], dim=1)
+    (y,) = pieces.split(g, [y], max_points=max_pieces + 1)
+    t = lo + pieces.t * (hi - lo)
+    t[0], t[-1] = lo, hi  # exact ends, whatever lo + 1.0 * (hi - lo) rounds to
+    direct = forward_chunked(lowered, t.reshape(-1, 1)).reshape(t.numel(), -1)
+    interpolation_error = float((direct - y).abs().max()) if y.numel() else 0.0
+    rows = direct @ C.T + d
+    margins = spec.reduce(rows)
+    mid_margins = spec.reduce((rows[:-1] + rows[1:]) / 2)  # rows are affine on each piece, their order fixed
+    box = error_bounds(lowered, torch.tensor([lo], dtype=torch.float64), torch.tensor([hi], dtype=torch.float64))
+    rounding = float(box.rows(lowered, C, d).max())
+    if not math.isfinite(rounding):
+        raise GcertError("the network's values are too large for a float64 rounding bound; no exact verdict")
+    return LineAnalysis(t, margins, mid_margins > 0, rounding, interpolation_error)
+
+
+def forward_chunked(lowered: Lowered, x: Tensor) -> Tensor:
+    """``lowered.forward(x)`` in batches small enough that the widest value holds ``FORWARD_BUDGET`` numbers."""
+    widest = max([math.prod(n.shape) for n in lowered.nodes] + [math.prod(lowered.input_shape)])
+    chunk = max(1, FORWARD_BUDGET // max(1, widest))
+    if x.shape[0] <= chunk:
+        return lowered.forward(x)
+    return torch.cat([lowered.forward(part) for part in x.split(chunk)])
+
+
+def line_outcome(line: LineAnalysis, problem: Problem, lowered: Lowered) -> Outcome:
+    """The verdict of an exact line analysis: certified only when the smallest margin clears the rounding pad.
+
+    ``max_delta`` (segments only) is a strength that is itself certified; the supremum of certified strengths
+    (where the first violation starts) is ``details['max_delta_supremum']``.
+    """
+    first = line.first_violation()
+    details: dict[str, Any] = {"interpolation_error": line.interpolation_error, "rounding_bound": line.pad,
+                               "first_violation_t": first, "min_margin": line.min_margin}
+    common: dict[str, Any] = dict(margin_lower=line.min_margin - line.pad, margin_upper=line.min_margin,
+                                  fraction=(line.share, line.share), pieces=line.pieces, details=details)
+    segment = problem.region.kind == "segment"
+    delta = float(problem.meta.get("delta", 1.0))
+    max_delta = None
+    if segment:
+        up_to = line.certified_up_to()
+        max_delta = 0.0 if up_to is None else delta * up_to
+        details["max_delta_supremum"] = delta * (first if first is not None else 1.0)
+    if line.min_margin > line.pad:
+        return Outcome("certified", max_delta=delta if segment else None, **common)
+    if line.min_margin > 0:
+        details["reason"] = (f"the smallest margin {line.min_margin:.3g} is within the float64 rounding bound "
+                             f"{line.pad:.3g} of 0: neither verdict can be trusted")
+        return Outcome("unknown", max_delta=max_delta, **common)
+    mids = (line.t[:-1] + line.t[1:]) / 2
+    mid_margins = problem.spec.margin(forward_chunked(lowered, mids.reshape(-1, 1)))
+    candidates = torch.cat([line.t, mids])
+    margins = torch.cat([line.margins, mid_margins.to(line.margins.dtype)])
+    witness = candidates[int(margins.argmin())].reshape(1)
+    return Outcome("falsified", max_delta=max_delta, witness_t=witness, **common)
