@@ -1,13 +1,17 @@
 """The ``gcert`` command line: thin commands over the library (everything here is callable from Python).
 
 Exit codes: 0 done; 2 bad input or usage (one-line message); 3 a plugin failed to load or register
-(``gcert list``); 130 interrupted (the results file stays valid; rerun to resume); 1 a bug in gcert.
+(``gcert list``); 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (either way the results file stays
+valid; rerun to resume); 1 a bug in gcert.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,15 +23,39 @@ from gcert.errors import GcertError
 
 EXIT_PLUGIN_PROBLEMS = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+_SIGNALLED: list[int] = []
+"""SIGTERMs received during a run: it stops like Ctrl-C (records written so far stay), with exit code 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupt_code() -> int:
+    return EXIT_TERMINATED if _SIGNALLED else EXIT_INTERRUPTED
 
 
 def _floats(value: str | None, what: str) -> tuple[float, ...] | None:
     if value is None:
         return None
     try:
-        return tuple(float(v) for v in value.split(","))
+        numbers = tuple(float(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"{what} takes comma-separated numbers, got {value!r}") from None
+        raise GcertError(f"{what} takes comma-separated numbers, got {value!r}") from None
+    bad = next((v for v in numbers if not math.isfinite(v)), None)
+    if bad is not None:
+        raise GcertError(f"{what} {bad} is not a finite number; give finite values, e.g. {what} 0.1")
+    return numbers
+
+
+def _finite(value: float | None, what: str) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise GcertError(f"{what} {value} is not a finite number; give a finite value")
+    return value
 
 
 def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
@@ -35,7 +63,7 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
     if floats is None:
         return None
     if any(f != int(f) or f <= 0 for f in floats):
-        raise click.BadParameter(f"{what} takes positive integers like 1,28,28, got {value!r}")
+        raise GcertError(f"{what} takes positive integers like 1,28,28, got {value!r}")
     return tuple(int(f) for f in floats)
 
 
@@ -45,13 +73,13 @@ def _parse_options(items: tuple[str, ...], certifiers: tuple[str, ...]) -> dict[
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"options look like key=value or certifier.key=value, got {item!r}")
+            raise GcertError(f"options look like key=value or certifier.key=value, got {item!r}")
         if "." in key:
             cert, key = key.split(".", 1)
         elif len(certifiers) == 1:
             cert = certifiers[0]
         else:
-            raise click.BadParameter(f"with several certifiers, name the one {item!r} is for: certifier.{item}")
+            raise GcertError(f"with several certifiers, name the one {item!r} is for: certifier.{item}")
         out.setdefault(cert, {})[key] = value
     return out
 
@@ -128,9 +156,16 @@ _JOB_OPTIONS = [
     click.option("--input-shape", default=None, help="C,H,W of CSV rows that are not square images."),
     click.option("--labels", type=click.Choice(["auto", "data", "predicted"]), default="auto", show_default=True,
                  help="Class to keep: the data's label, or the model's prediction on the clean input."),
-    click.option("--tau", type=float, default=None, help="Regression models: allowed change of the output."),
+    click.option("--tau", type=float, default=None, help="Regression models: allowed change of the output (> 0)."),
     click.option("-o", "--option", "option_items", multiple=True,
                  help="Certifier option key=value (or certifier.key=value); repeatable."),
+    click.option("--allow-extrapolation", is_flag=True,
+                 help="Certify strengths beyond the range a zoo generator was trained on (each record notes it)."),
+    click.option("--max-memory", type=float, default=None,
+                 help="GB the worker pool may use (default: $GCERT_MAX_MEMORY, else what is available); "
+                 "fewer workers start when they would not fit."),
+    click.option("--recompute-stale", is_flag=True,
+                 help="Replace records in --out computed with other settings or inputs, instead of refusing."),
     click.option("--plugin", "extra_plugins", multiple=True, help="Also load this module as a plugin."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
 ]
@@ -167,33 +202,56 @@ def tolerance(steps: int, **options: Any) -> None:
 
 
 def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
+    _SIGNALLED.clear()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None  # SIGTERM stops it like Ctrl-C
+    try:
+        _execute_job(o, tolerance_steps)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _execute_job(o: dict[str, Any], tolerance_steps: int | None) -> None:
+    from gcert.certificate import check_out_path, check_results_file
     from gcert.plugins import PluginSettings
+    from gcert.resources import max_memory_gb
     from gcert.runner import Context, RunConfig
     from gcert.runner import run as run_jobs
 
     if not o["mutations"] and not o["vnnlib"]:
-        raise click.UsageError("give --mutation (see `gcert list`) or --vnnlib PROPERTY")
+        raise GcertError("give --mutation (see `gcert list`) or --vnnlib PROPERTY")
+    check_out_path(o["out"])
+    check_results_file(o["out"])
+    max_memory = max_memory_gb(o["max_memory"])
     config = RunConfig(
         vnnlib=tuple(o["vnnlib"]), mutations=o["mutations"], certifiers=o["certifiers"], model=o["model"],
         data=o["data"],
         deltas=_floats(o["delta"], "--delta"), options=_parse_options(o["option_items"], o["certifiers"]),
         mean=_floats(o["mean"], "--mean"), std=_floats(o["std"], "--std"),
-        input_shape=_ints(o["input_shape"], "--input-shape"), limit=o["limit"], labels=o["labels"], tau=o["tau"],
-        tolerance_steps=tolerance_steps, plugins=PluginSettings.from_env(extra=o["extra_plugins"]),
+        input_shape=_ints(o["input_shape"], "--input-shape"), limit=o["limit"], labels=o["labels"],
+        tau=_finite(o["tau"], "--tau"), tolerance_steps=tolerance_steps,
+        plugins=PluginSettings.from_env(extra=o["extra_plugins"]), allow_extrapolation=o["allow_extrapolation"],
     )
     ctx = Context(config)
     for line in ctx.registry.problems + [f"plugin {p.name}: {p.error}" for p in ctx.registry.plugins if p.error]:
         click.echo(f"gcert: warning: {line}", err=True)
-    if (o["model"] is None or o["data"] is None) and not o["vnnlib"]:
-        net = o["model"] or ctx.model.source.removeprefix("zoo:")
-        click.echo(f"using zoo network {net!r}" + ("" if o["data"] else f" and its {len(ctx.data)} sample inputs"),
-                   err=True)
+
+    def starting(_: Any) -> None:  # after every check passed: a refusal stays the only line
+        if (o["model"] is None or o["data"] is None) and not o["vnnlib"]:
+            net = o["model"] or ctx.model.source.removeprefix("zoo:")
+            click.echo(f"using zoo network {net!r}" + ("" if o["data"] else f" and its {len(ctx.data)} sample inputs"),
+                       err=True)
+
     out = o["out"]
-    summary = run_jobs(config, out, workers=o["workers"], progress=not o["quiet"], context=ctx, threads=o["threads"])
+    summary = run_jobs(config, out, workers=o["workers"], progress=not o["quiet"], context=ctx,
+                       threads=o["threads"], max_memory=max_memory, recompute_stale=o["recompute_stale"],
+                       on_start=starting)
     click.echo(_summary_text(summary, out), err=True)
     if summary.interrupted:
-        click.echo(f"interrupted: {out} holds every finished record; rerun the same command to resume", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        how = "stopped by SIGTERM" if _SIGNALLED else "interrupted"
+        click.echo(f"{how}: {out} holds every finished record; rerun the same command to resume", err=True)
+        sys.exit(_interrupt_code())
 
 
 def _summary_text(summary: Any, out: str) -> str:
@@ -202,6 +260,8 @@ def _summary_text(summary: Any, out: str) -> str:
     head = f"{summary.written} new records in {out}"
     if summary.done_before:
         head += f" ({summary.done_before} were already there)"
+    if getattr(summary, "stale", 0):
+        head += f"; {summary.stale} records computed with other settings were replaced"
     certs = read_certificates(out)
     counts: Counter[tuple[str, str, float, str]] = Counter((c.mutation, c.certifier, c.delta, c.verdict) for c in certs)
     groups = sorted({k[:3] for k in counts})
@@ -210,7 +270,7 @@ def _summary_text(summary: Any, out: str) -> str:
         parts = ", ".join(f"{v} {counts[(m, c, d, v)]}" for v in ("certified", "falsified", "unknown")
                           if counts[(m, c, d, v)])
         found = [x.max_delta for x in certs if (x.mutation, x.certifier, x.delta) == (m, c, d)
-                 and x.max_delta is not None]
+                 and isinstance(x.max_delta, int | float)]
         if found:
             parts += f"; largest certified delta: mean {sum(found) / len(found):.4g}, min {min(found, key=abs):.4g}"
         lines.append(f"  {m} delta={d:g} {c}: {parts}")
@@ -295,16 +355,24 @@ def zoo_train(name: str, out: str | None) -> None:
 @click.option("--scale", type=click.IntRange(min=1), default=None, help="Enlargement (default: to ~64 px tiles).")
 @click.option("--out", default="strip.png", show_default=True, type=click.Path(dir_okay=False),
               help="PNG to write: one row per input, the input itself first.")
+@click.option("--allow-extrapolation", is_flag=True,
+              help="Render strengths beyond the range a zoo generator was trained on.")
 def mutate(mutation: str, input_ref: str | None, limit: int, delta: float | None, steps: int, symmetric: bool,
-           scale: int | None, out: str) -> None:
+           scale: int | None, out: str, allow_extrapolation: bool) -> None:
     """Render a mutation along its segment as a PNG strip (what a certifier analyses, made visible)."""
     from gcert import zoo as z
+    from gcert.certificate import check_out_path
     from gcert.data import load_inputs
     from gcert.generators import mutation_strips, save_grid
     from gcert.plugins import load_registry
+    from gcert.strength import check_strengths
 
+    check_out_path(out, suffixes=(".png",))
     registry = load_registry()
     m = registry.mutation(mutation)
+    strengths = (delta,) if delta is not None else m.default_deltas
+    check_strengths(m, tuple(-d for d in strengths) if symmetric else (), allow_extrapolation)
+    check_strengths(m, tuple(strengths), allow_extrapolation)
     data = load_inputs(input_ref or z.inputs_for_generator(m.generator), limit)
     strips = mutation_strips(registry, mutation, data.images, delta, steps, symmetric)
     value_range = registry.generator_spec(m.generator).value_range
@@ -325,13 +393,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("gcert: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(_interrupt_code())
+    except click.UsageError as exc:  # one line, like every other error
+        command = exc.ctx.command_path if exc.ctx is not None else "gcert"
+        message = " ".join(exc.format_message().split())
+        click.echo(f"gcert: error: {message} (see `{command} --help`)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"gcert: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("gcert: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        click.echo("gcert: stopped by SIGTERM" if _SIGNALLED else "gcert: interrupted", err=True)
+        sys.exit(_interrupt_code())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gcert.errors import InputError
+from gcert.errors import InputError, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -60,6 +60,11 @@ def _to_unit(array: np.ndarray, where: str) -> torch.Tensor:
         return torch.from_numpy(array.astype(np.float32) / 255.0)
     if not np.issubdtype(array.dtype, np.number):
         raise InputError(f"{where}: images must be numeric, got {array.dtype}")
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise InputError(f"{where}: {int((~finite).sum())} pixel values are NaN or infinite (first at index {first}, "
+                         f"{array[first]}); pixels must be finite numbers in [0, 1] (or uint8 0..255)")
     out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if out.numel() and (out.min() < 0 or out.max() > 1):
         raise InputError(
@@ -83,7 +88,7 @@ def _npz(path: Path) -> Dataset:
     if images.dim() != 4:
         raise InputError(f"{path}: images must be (N, C, H, W) or (N, H, W), got {tuple(images.shape)}")
     lkey = next((k for k in ("labels", "y", "Y") if k in archive.files), None)
-    labels: list[int | None] = [int(v) for v in archive[lkey]] if lkey else [None] * len(images)
+    labels: list[int | None] = _labels(archive[lkey], f"{path}: '{lkey}'") if lkey else [None] * len(images)
     if "ids" in archive.files:
         ids = [str(v) for v in archive["ids"]]
     else:
@@ -107,8 +112,13 @@ def _csv(path: Path, limit: int | None, shape: tuple[int, ...] | None) -> Datase
         raise InputError(f"{path}: every row must be label,pixel,pixel,... numbers ({exc})") from None
     if table.ndim != 2 or table.shape[1] < 2:
         raise InputError(f"{path}: rows must have the same number of values, label first")
-    labels: list[int | None] = [int(v) for v in table[:, 0]]
+    labels: list[int | None] = _labels(table[:, 0], f"{path}: the first column (labels)", rows=True)
     pixels = table[:, 1:]
+    bad = ~np.isfinite(pixels) | (pixels < 0) | (pixels > 255)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{path}: row {row + 1} has pixel value {pixels[row, col]} (column {col + 2}); CSV pixels "
+                         "must be numbers in 0..255 (or all in [0, 1])")
     n = pixels.shape[1]
     if shape is None:
         side = math.isqrt(n)
@@ -123,6 +133,25 @@ def _csv(path: Path, limit: int | None, shape: tuple[int, ...] | None) -> Datase
     return Dataset(images, labels, [f"{path.stem}:{i}" for i in range(len(rows))], str(path))
 
 
+def _labels(values: np.ndarray, where: str, rows: bool = False) -> list[int | None]:
+    """Class labels: finite whole numbers >= 0; anything else is refused naming the first bad one."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iub":
+        numbers = values.astype(np.int64)
+        bad = numbers < 0
+    elif values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values < 0) | (np.round(values) != values)
+        numbers = np.where(bad, 0, values).astype(np.int64)
+    else:
+        raise InputError(f"{where} must be whole numbers >= 0 (class indices), got {values.dtype}")
+    if bad.any():
+        i = int(np.argwhere(bad)[0][0])
+        at = f"row {i + 1}" if rows else f"index {i}"
+        raise InputError(f"{where}: label {values[i]} at {at} is not a class index; labels must be whole numbers "
+                         ">= 0")
+    return [int(v) for v in numbers]
+
+
 def _folder(path: Path, limit: int | None) -> Dataset:
     from PIL import Image
 
@@ -133,9 +162,13 @@ def _folder(path: Path, limit: int | None) -> Dataset:
         raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     arrays, labels, ids = [], [], []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("L") if im.mode in ("L", "1", "I", "I;16", "F", "LA") else im.convert("RGB")
-            a = np.asarray(im)
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L") if im.mode in ("L", "1", "I", "I;16", "F", "LA") else im.convert("RGB")
+                a = np.asarray(im)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on damaged files
+            reason = one_line(exc, with_type=False)
+            raise InputError(f"cannot read image {f} ({reason}); replace or remove it") from None
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
         parent = f.parent.name
         labels.append(int(parent) if f.parent != path and parent.isdigit() else None)

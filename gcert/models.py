@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,13 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: list[float], std: list[float]):
         super().__init__()
-        if any(s <= 0 for s in std):
-            raise GcertError(f"--std values must be > 0, got {std}")
+        bad_mean = next((m for m in mean if not math.isfinite(m)), None)
+        if bad_mean is not None:
+            raise GcertError(f"--mean {bad_mean} is not a finite number; give per-channel means, e.g. 0.1307")
+        bad_std = next((v for v in std if not (math.isfinite(v) and v > 0)), None)
+        if bad_std is not None:
+            raise GcertError(f"--std {bad_std:g} must be a finite number > 0 (a per-channel standard deviation, "
+                             "e.g. 0.3081)")
         self.register_buffer("mean", torch.tensor(mean).reshape(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).reshape(1, -1, 1, 1))
 
@@ -150,12 +156,28 @@ def _load_object(ref: str) -> LoadedModel:
     module_name, _, attr = ref.partition(":")
     try:
         obj: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(f"cannot import model {ref!r}: {one_line(exc, with_type=False)}; check the module "
+                             "name and that it is on PYTHONPATH") from None
+    except BaseException as exc:  # noqa: BLE001 - a user module that fails on import (syntax error, raise, exit)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
+        raise ModelLoadError(f"importing module {module_name!r} for model {ref!r} failed{where}: {one_line(exc)}; "
+                             "fix the module") from None
+    try:
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import model {ref!r}: {exc}") from None
+    except AttributeError:
+        raise ModelLoadError(f"cannot import model {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, nn.Module) and callable(obj):
-        obj = obj()  # a class or a factory function
+        try:
+            obj = obj()  # a class or a factory function
+        except BaseException as exc:  # noqa: BLE001 - the user's factory failing is bad input, not a gcert bug
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise ModelLoadError(f"calling {ref!r} to build the model failed: {one_line(exc)}; fix the factory, "
+                                 "or give an nn.Module or a factory that takes no arguments") from None
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{ref!r} is a {type(obj).__name__}, not a torch.nn.Module or a factory of one")
     return LoadedModel(obj, _declared_shape(obj), ref, "")
