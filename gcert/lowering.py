@@ -592,6 +592,13 @@ def _identity(b: _Builder, head: Any, x: Var, *args: Any, **kwargs: Any) -> Var:
     return x
 
 
+def _const_like(b: _Builder, fn: Any, x: Var, *args: Any, **kwargs: Any) -> Var:
+    """``zeros_like`` / ``ones_like`` / ``full_like`` of a value: a constant (an affine map with zero weights)."""
+    kwargs.pop("dtype", None)
+    value = fn(x.example, *args, **kwargs).to(torch.float64)[0]
+    return b.affine(x, lambda v: v * 0.0, value, lambda v: v * 0.0, 0, getattr(fn, "__name__", "constant"))
+
+
 def _shape_query(b: _Builder, head: Any, x: Var, *args: Any, **kwargs: Any) -> Any:
     """``x.dim()``, ``x.size(i)``, ``x.shape``, ``x.ndim``: answered from the batch-1 example.
 
@@ -655,6 +662,7 @@ FUNCTION_RULES: dict[Any, Callable[..., Any]] = {
     torch.permute: _index_like, torch.transpose: _index_like, torch.squeeze: _index_like,
     torch.unsqueeze: _index_like, operator.getitem: _index_like, torch.narrow: _index_like,
     getattr: _shape_query,
+    torch.zeros_like: _const_like, torch.ones_like: _const_like, torch.full_like: _const_like,
 }
 
 _METHOD_AS_FUNCTION: dict[str, Any] = {
