@@ -37,6 +37,7 @@ class Evidence:
     share: tuple[float, float] | None = None
     tol: float = 0.0
     witness_ok: Callable[[Sequence[float]], str | None] | None = None
+    box: tuple[list[float], list[float]] | None = None  # the region's t box in float64 (for clamping witnesses)
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property

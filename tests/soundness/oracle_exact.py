@@ -343,8 +343,9 @@ def exact_evidence(case: Case, net: nn.Module, gen: nn.Module, seed: int = 0) ->
         return U32 * (fan + len(m) + 2) * row_mag
 
     points = [(tuple(p), margin_of(rows, evaluate(layers, control(region, p)))) for p in region_points(region, rng)]
-    ev = Evidence("exact", points, margin_at, slack_at, lambda t: contains(region, t))
     lo, hi = t_bounds(region)
+    ev = Evidence("exact", points, margin_at, slack_at, lambda t: contains(region, t),
+                  box=([float(v) for v in lo], [float(v) for v in hi]))
     if len(lo) == 1:
         x0, x1 = control(region, lo), control(region, hi)
         ts, ys = exact_line(layers, lo[0], hi[0], x0, x1, row_functionals(rows))

@@ -122,7 +122,9 @@ def grid_evidence(case: Case, net: nn.Module, gen: nn.Module, n: int = 2000, see
         return 1e-5 * (1.0 + float(mg[0]))
 
     points = [(tuple(p), float(v)) for p, v in zip(pts.tolist(), m.tolist(), strict=True)]
-    ev = Evidence("grid64", points, margin_at, slack_at, lambda t: contains64(region, t), tol=tol)
+    lo64, hi64 = t_box64(region)
+    ev = Evidence("grid64", points, margin_at, slack_at, lambda t: contains64(region, t), tol=tol,
+                  box=(lo64.tolist(), hi64.tolist()))
     if pts.shape[1] == 1:
         lo, hi = t_box64(region)
         if float(hi[0]) > float(lo[0]):

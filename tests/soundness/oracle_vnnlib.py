@@ -189,7 +189,8 @@ def vnnlib_evidence(text: str, net: nn.Module, seed: int = 0) -> Evidence:
     pts += [list(v) for v in itertools.product(*zip(lo, hi, strict=True))]
     pts += [[a + Fraction(rng.random()) * (b - a) for a, b in zip(lo, hi, strict=True)] for _ in range(24)]
     points = [(tuple(p), prop.margin(p, evaluate(layers, p))) for p in pts]
-    ev = Evidence("vnnlib-exact", points, margin_at, slack_at, contains, witness_ok=witness_ok)
+    ev = Evidence("vnnlib-exact", points, margin_at, slack_at, contains, witness_ok=witness_ok,
+                  box=([float(v) for v in lo], [float(v) for v in hi]))
     if prop.n_x == 1:
         atoms = prop.atoms()
         funcs = atoms + [([a - b for a, b in zip(f[0], g[0], strict=True)], f[1] - g[1])
