@@ -25,7 +25,7 @@ from gcert.regions import Region
 from gcert.spec import Spec
 
 Tensor = torch.Tensor
-FORWARD_BUDGET = 1 << 24  # float64 values of the widest layer held at once when re-evaluating breakpoints (128 MB)
+FORWARD_BUDGET = 1 << 24  # float64 values held at once when re-evaluating breakpoints (128 MB)
 
 
 def line_interval(region: Region, certifier: str) -> tuple[float, float]:
@@ -146,9 +146,9 @@ def spec_along(lowered: Lowered, pieces: Pieces, spec: Spec, lo: float, hi: floa
 
 
 def forward_chunked(lowered: Lowered, x: Tensor) -> Tensor:
-    """``lowered.forward(x)`` in batches small enough that the widest value holds ``FORWARD_BUDGET`` numbers."""
-    widest = max([math.prod(n.shape) for n in lowered.nodes] + [math.prod(lowered.input_shape)])
-    chunk = max(1, FORWARD_BUDGET // max(1, widest))
+    """``lowered.forward(x)`` in batches small enough that all values of one batch hold ``FORWARD_BUDGET`` numbers."""
+    live = sum(math.prod(n.shape) for n in lowered.nodes) + math.prod(lowered.input_shape)  # at most all at once
+    chunk = max(1, FORWARD_BUDGET // max(1, live))
     if x.shape[0] <= chunk:
         return lowered.forward(x)
     return torch.cat([lowered.forward(part) for part in x.split(chunk)])

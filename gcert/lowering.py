@@ -156,10 +156,13 @@ class Lowered:
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate the lowered ops (a reference for tests; certifiers run their own transfer functions)."""
-        values: list[Tensor] = []
-        for node in self.nodes:
-            args = [x if j < 0 else values[j] for j in node.inputs]
-            values.append(node.op(*args))
+        last = self.last_use()
+        values: dict[int, Tensor] = {}
+        for k, node in enumerate(self.nodes):
+            values[k] = node.op(*[x if j < 0 else values[j] for j in node.inputs])
+            for j in set(node.inputs):
+                if j >= 0 and last[j] <= k:
+                    del values[j]  # nothing later reads it: hold only the live values
         return x if self.output < 0 else values[self.output]
 
 
