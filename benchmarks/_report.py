@@ -21,7 +21,30 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(), "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), **stamp()}
+
+
+def stamp() -> dict[str, str]:
+    """What the numbers were measured on: the git commit (``+dirty`` with uncommitted changes to tracked files)
+    and the sha256 of the zoo manifest."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=30).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", ""
+    try:
+        from gcert import zoo
+
+        manifest = hashlib.sha256((zoo.zoo_dir() / "manifest.json").read_bytes()).hexdigest()[:12]
+    except Exception:  # noqa: BLE001 - a report is still worth writing without it
+        manifest = "unknown"
+    return {"commit": commit + ("+dirty" if dirty else ""), "zoo_manifest_sha256": manifest}
 
 
 def write_report(name: str, title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]],
@@ -37,7 +60,8 @@ def write_report(name: str, title: str, columns: Sequence[str], rows: Sequence[d
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     m = payload["machine"]
     lines += ["", f"_{m['date']}, Python {m['python']}, torch {m['torch']}, "
-              f"{m['cpus']} CPUs ({m['threads']} threads)._"]
+              f"{m['cpus']} CPUs ({m['threads']} threads); commit {m['commit']}, zoo manifest "
+              f"{m['zoo_manifest_sha256']}._"]
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path
 
