@@ -95,6 +95,8 @@ class LirpaCertifier(Certifier):
     max_dim: ClassVar[int | None] = None
     #: The auto_LiRPA methods every bound needs (alpha-CROWN's own failures fall back to CROWN, see below).
     methods: ClassVar[tuple[str, ...]] = ("CROWN", "IBP")
+    #: Whether L1/L2 balls are also bounded as balls (not only by their box); see ``is_box``.
+    balls: ClassVar[bool] = True
 
     def prepare(self, problem: Problem) -> None:
         """Build the BoundedModule and bound once, so unsupported layers are reported before any work.
@@ -105,7 +107,8 @@ class LirpaCertifier(Certifier):
             bounded, C, _ = self._setup(problem, self.Options())
             for _, x in perturbations(problem, bounded.lirpa):
                 for method in self.methods:
-                    compute(bounded, x, C, _method(bounded, method))
+                    if method != "IBP" or is_box(x):
+                        compute(bounded, x, C, _method(bounded, method))
         except GcertError:
             raise
         except Exception as exc:  # noqa: BLE001 - any other failure is one line naming the certifier
@@ -155,7 +158,7 @@ class LirpaCertifier(Certifier):
         bounded, C, d = self._setup(problem, options)
         details = _details(bounded)
         by_input = {name: self.lower_bound(bounded, x, C, options, details) + d
-                    for name, x in perturbations(problem, bounded.lirpa)}
+                    for name, x in perturbations(problem, bounded.lirpa) if self.balls or is_box(x)}
         rows = torch.stack(list(by_input.values())).max(dim=0).values  # each bound is sound, so is the larger
         if len(by_input) > 1:
             details["margin_lower_over"] = {name: float(r.min()) for name, r in by_input.items()}
@@ -251,7 +254,8 @@ class CrownCertifier(LirpaCertifier):
                     details: dict[str, Any]) -> torch.Tensor:
         # CROWN alone can be looser than IBP (an unstable ReLU relaxed with slope 1 keeps its negative lower
         # bound, which IBP clips to 0); IBP costs one more pass, and the larger of two sound bounds is sound.
-        return torch.maximum(compute(bounded, x, C, _method(bounded, "CROWN")), compute(bounded, x, C, "IBP"))
+        crown = compute(bounded, x, C, _method(bounded, "CROWN"))
+        return torch.maximum(crown, compute(bounded, x, C, "IBP")) if is_box(x) else crown
 
 
 class AlphaCrownCertifier(CrownCertifier):
@@ -293,12 +297,15 @@ class IbpCertifier(LirpaCertifier):
     name = "ibp-lirpa"
     description = "interval bound propagation through auto_LiRPA 0.3 (float64, spec merged into the last layer); sound"
     methods = ("IBP",)
+    balls = False  # 0.3's IBP over a ball is unsound (see is_box): the ball's box only
 
     def forward_mode(self, problem: Problem, mode: str) -> bool:
         return False  # IBP needs no linear bounds, so none of forward mode's rewrites (or its refusals)
 
     def lower_bound(self, bounded: Bounded, x: Any, C: torch.Tensor, options: LirpaOptions,
                     details: dict[str, Any]) -> torch.Tensor:
+        if not is_box(x):  # see is_box: 0.3's IBP over an L1/L2 ball is unsound; the box bound stands
+            return torch.full((C.shape[1],), -math.inf, dtype=DTYPE)
         return compute(bounded, x, C, "IBP")
 
 
@@ -368,6 +375,18 @@ def perturbations(problem: Problem, lirpa: types.ModuleType) -> Iterator[tuple[s
         p = int(region.p)
         ball = lirpa.PerturbationLpNorm(eps=region.eps, norm=p)
         yield f"l{p}-ball", lirpa.BoundedTensor(region.center.reshape(1, -1).to(DTYPE), ball)
+
+
+def is_box(x: Any) -> bool:
+    """Whether ``x`` is perturbed over a box (not an L1/L2 ball).
+
+    0.3's IBP over an L1/L2 ball is unsound past the first layer: monotone ops (MaxPool, reshapes) pass the
+    ball's perturbation on with their output interval, and the next Linear then bounds that interval as if it
+    were an Lp ball of the same radius around its center (seen: ibp-lirpa certified a margin of 6681 through a
+    2x2 max-pool where the margin is 5413). So IBP is only used over the box, which contains the ball; CROWN's
+    bounds over the ball concretise the ball only at the input.
+    """
+    return getattr(getattr(x, "ptb", None), "norm", math.inf) == math.inf
 
 
 def box_input(lirpa: types.ModuleType, lower: torch.Tensor, upper: torch.Tensor) -> Any:

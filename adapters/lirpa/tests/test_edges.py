@@ -361,3 +361,27 @@ def test_the_certifiers_declare_every_region_kind_and_dimension():
     for name in ("crown", "alpha-crown", "ibp-lirpa"):
         certifier = REG.certifier(name)
         assert certifier.regions == ("segment", "box", "lp-ball") and certifier.max_dim is None
+
+
+# --- found by the differential harness (tests/soundness): IBP over an L2 ball ----------------------------------
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0])
+def test_ibp_over_an_lp_ball_is_not_carried_past_the_first_layer(p):
+    # A 2x2 max-pool, then a Linear with large weights, over an L2 (L1) ball without clipping: 0.3's IBP passed
+    # the ball's perturbation through the max-pool, and the Linear bounded the pooled interval as if it were the
+    # ball itself; ibp-lirpa certified a margin of 6681 where the network's is 5413.
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        net[2].weight.copy_(torch.tensor([[900.0, -700.0], [-800.0, 600.0]], dtype=torch.float64))
+        net[2].bias.copy_(torch.tensor([3000.0, 0.0], dtype=torch.float64))
+    center = torch.tensor([0.5, -0.3, 0.1, 0.2, -1.0, 0.4, 0.3, 0.0], dtype=torch.float64).reshape(1, 2, 4)
+    ball = LpBall(center, 0.3, p, clip=None)
+    problem = Problem(net, nn.Identity(), ball, Spec.top1(0, 2))
+    pts = ball.sample(20000, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sampled = float(problem.spec.margin(net(pts.reshape(-1, 1, 2, 4))).min())
+    for mode in ("crown backward", "alpha-crown", "ibp-lirpa"):
+        outcome = certify(mode, problem)
+        assert outcome.margin_lower <= sampled + 1e-9, (mode, outcome.margin_lower, sampled)

@@ -61,7 +61,7 @@ def test_bounds_hold_at_every_sampled_point(seed, conv, region_kind):
             assert sampled_min > 0
         if outcome.verdict == "falsified":
             assert confirm_witness(problem, outcome.witness_t) is not None
-        if region_kind == "l2":
+        if region_kind == "l2" and name != "ibp-lirpa":  # ibp-lirpa bounds the ball's box only (plugin.is_box)
             assert set(outcome.details["margin_lower_over"]) == {"box", "l2-ball"}
 
 
