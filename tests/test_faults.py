@@ -253,3 +253,13 @@ def test_a_worker_killed_by_the_kernel_costs_its_task_only(crashing_plugin, tmp_
             assert cert.error is None, cert.error
     killed = [w for w in warnings if "killed by SIGKILL" in w]
     assert len(killed) == 1 and killed[0].startswith("digits:1 linf delta=0.01 killer: ") and "\n" not in killed[0]
+
+
+def test_max_memory_caps_the_workers_and_says_so(tmp_path):
+    out = tmp_path / "r.jsonl"
+    config = RunConfig(mutations=("linf",), certifiers=("interval",), deltas=(0.01, 0.02), limit=2,
+                       plugins=PluginSettings(autoload=False))
+    warnings: list[str] = []
+    summary = run(config, out, workers=2, progress=False, max_memory=1.0, on_warning=warnings.append)
+    assert summary.workers == 1 and summary.written == 4
+    assert len(warnings) == 1 and "--max-memory 1 GB allows 1" in warnings[0], warnings
