@@ -296,6 +296,7 @@ class OpsNet(nn.Module):
             mods.append(m)
             self.extra.append(extra)
         self.mods = nn.ModuleList(mods)
+        self.eval()  # batch norm in eval mode (running statistics) for the sizing probe too
         # Linear layers need their input size: run a probe to size them, then fill them from the generator.
         x = torch.zeros(1, *desc.in_shape)
         with torch.no_grad():
