@@ -621,15 +621,16 @@ def _run_pool(ctx: Context, tasks: Iterable[Task], workers: int, record: Callabl
     the task it was running, which becomes an ``unknown`` record; the others go on in a fresh pool."""
     remaining = list(tasks)
     state_dir = tempfile.mkdtemp(prefix="gcert-workers-")
+    unexplained = [0]  # pool breaks in a row that no dead worker's task explains
     try:
         while remaining:
-            remaining = _pool_round(ctx, remaining, workers, record, warn, state_dir)
+            remaining = _pool_round(ctx, remaining, workers, record, warn, state_dir, unexplained)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _pool_round(ctx: Context, tasks: list[Task], workers: int, record: Callable[[Certificate], None],
-                warn: Callable[[str], None], state_dir: str) -> list[Task]:
+                warn: Callable[[str], None], state_dir: str, unexplained: list[int]) -> list[Task]:
     """One pool over ``tasks``; returns the tasks still to run if the pool broke, else []."""
     from concurrent.futures.process import BrokenProcessPool
 
@@ -640,6 +641,7 @@ def _pool_round(ctx: Context, tasks: list[Task], workers: int, record: Callable[
     running: dict[cf.Future[Certificate], tuple[int, Task]] = {}
     procs: dict[int, Any] = {}
     peak: dict[int, int] = {}
+    completed = 0
     try:
         while queue or running:
             while queue and len(running) < IN_FLIGHT_PER_WORKER * workers:
@@ -657,13 +659,21 @@ def _pool_round(ctx: Context, tasks: list[Task], workers: int, record: Callable[
                     running[fut] = (seq, task)
                     raise
                 record(cert)
-    except BrokenProcessPool:
+                completed += 1
+    except BrokenProcessPool as exc:
         pool.shutdown(wait=True, cancel_futures=True)  # lets the pool reap (and number) its dead workers
         killed = _killed_tasks(procs, peak, state_dir, dict(running.values()), tasks)
-        if not killed and not procs:
-            raise GcertError("worker processes could not start; rerun with --workers 1 to see why") from None
-        if not killed:  # nobody to blame: every task in flight is suspect
-            killed = {seq: (task, "the worker pool broke") for seq, task in running.values()}
+        if not killed and not completed:
+            raise GcertError(f"the worker processes failed before finishing any task ({one_line(exc)}); rerun "
+                             "with --workers 1 to see why") from None
+        if killed:
+            unexplained[0] = 0
+        elif unexplained[0] < 2:  # a worker died between tasks: run what was in flight again
+            unexplained[0] += 1
+            warn("a worker process died between tasks; continuing with a fresh pool")
+        else:  # it keeps happening: every task in flight is suspect
+            killed = {seq: (task, "was lost when the worker pool broke (3 times in a row)")
+                      for seq, task in running.values()}
         for _seq, (task, why) in sorted(killed.items()):
             error = (f"the worker process running this task {why}; rerun with fewer --workers, or lower "
                      "--max-memory")
