@@ -19,13 +19,15 @@ from gcert.bounds import error_bounds
 from gcert.contracts import Outcome
 from gcert.errors import GcertError
 from gcert.lowering import Lowered
-from gcert.pieces import Pieces, propagate, start
+from gcert.pieces import MemoryLimit, Pieces, propagate, start
 from gcert.problem import Problem
 from gcert.regions import Region
 from gcert.spec import Spec
 
 Tensor = torch.Tensor
 FORWARD_BUDGET = 1 << 24  # float64 values held at once when re-evaluating breakpoints (128 MB)
+DEFAULT_MEMORY_GB = 2.0  # what the pieces of one analysis may hold (exactline.max_memory_gb, genprover's too)
+_GIB = 1024**3
 
 
 def line_interval(region: Region, certifier: str) -> tuple[float, float]:
@@ -71,6 +73,20 @@ class LineAnalysis:
         lengths = self.t[1:] - self.t[:-1]
         return float((lengths * self.piece_holds).sum() / (self.t[-1] - self.t[0]))
 
+    def share_bounds(self) -> tuple[float, float]:
+        """Sound bounds on :attr:`share` under rounding: on each piece the margin is affine between its ends, each
+        known within :attr:`pad`; the part of the piece where it exceeds ``pad`` surely holds, below ``-pad``
+        surely fails, and the rest is undecided."""
+        if self.pieces == 0 or self.hi == self.lo:
+            m = self.min_margin
+            return (1.0, 1.0) if m > self.pad else (0.0, 0.0) if m < -self.pad else (0.0, 1.0)
+        ma, mb = self.margins[:-1], self.margins[1:]
+        lengths = self.t[1:] - self.t[:-1]
+        total = float(self.t[-1] - self.t[0])
+        holds = float((lengths * _part_above(ma, mb, self.pad)).sum()) / total
+        fails = float((lengths * _part_above(-ma, -mb, self.pad)).sum()) / total
+        return max(0.0, holds * (1 - 2.0**-50)), min(1.0, 1.0 - fails * (1 - 2.0**-50))
+
     @property
     def min_margin(self) -> float:
         """The minimum of the margin over the interval (attained at a breakpoint)."""
@@ -110,13 +126,28 @@ class LineAnalysis:
         return ta + (tb - ta) * (ma - target) / (ma - mb)
 
 
-def analyse_line(lowered: Lowered, spec: Spec, lo: float, hi: float, max_pieces: int = 1_000_000) -> LineAnalysis:
+def _part_above(ma: Tensor, mb: Tensor, c: float) -> Tensor:
+    """The fraction of each piece where the affine function from ``ma`` to ``mb`` is above ``c``."""
+    above_a, above_b = ma > c, mb > c
+    cross = (c - ma) / torch.where(mb == ma, torch.ones_like(ma), mb - ma)
+    part = torch.where(above_a & above_b, torch.ones_like(ma), torch.zeros_like(ma))
+    part = torch.where(above_a & ~above_b, cross.clamp(0, 1), part)
+    return torch.where(~above_a & above_b, 1 - cross.clamp(0, 1), part)
+
+
+def analyse_line(lowered: Lowered, spec: Spec, lo: float, hi: float, max_pieces: int = 1_000_000,
+                 memory_gb: float = DEFAULT_MEMORY_GB) -> LineAnalysis:
     """Exact analysis of ``lowered`` (piecewise linear, one input) on ``t`` in ``[lo, hi]`` (float64 ends)."""
     if lowered.input_shape != (1,):
         raise GcertError(f"exact line analysis needs a network of one input value, got shape {lowered.input_shape}")
     pieces = start(lowered, torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64))
-    pieces = propagate(lowered, pieces, max_points=max_pieces + 1)
-    return spec_along(lowered, pieces, spec, lo, hi, max_pieces)
+    pieces.max_bytes = memory_gb * _GIB
+    try:
+        pieces = propagate(lowered, pieces, max_points=max_pieces + 1)
+        return spec_along(lowered, pieces, spec, lo, hi, max_pieces)
+    except MemoryLimit as exc:
+        raise MemoryLimit(f"{exc}, over max_memory_gb={memory_gb:g}: raise it, or use a sound certifier "
+                          "(deeppoly, interval, crown)") from None
 
 
 def spec_along(lowered: Lowered, pieces: Pieces, spec: Spec, lo: float, hi: float, max_pieces: int) -> LineAnalysis:
@@ -163,8 +194,9 @@ def line_outcome(line: LineAnalysis, problem: Problem, lowered: Lowered) -> Outc
     first = line.first_violation()
     details: dict[str, Any] = {"interpolation_error": line.interpolation_error, "rounding_bound": line.pad,
                                "first_violation_t": first, "min_margin": line.min_margin}
+    details["share"] = line.share  # the share by the signs of the computed margins
     common: dict[str, Any] = dict(margin_lower=line.min_margin - line.pad, margin_upper=line.min_margin,
-                                  fraction=(line.share, line.share), pieces=line.pieces, details=details)
+                                  fraction=line.share_bounds(), pieces=line.pieces, details=details)
     segment = problem.region.kind == "segment"
     delta = float(problem.meta.get("delta", 1.0))
     max_delta = None

@@ -609,7 +609,7 @@ def _shape_query(b: _Builder, head: Any, x: Var, *args: Any, **kwargs: Any) -> A
     which :func:`_reshape_like` checks, so the lowered op is right for every batch.
     """
     if head is getattr:
-        if args[0] not in ("shape", "ndim"):
+        if args[0] not in ("shape", "ndim", "dtype"):
             raise _Unsupported(f"attribute {args[0]!r} of a value that depends on the input")
         return getattr(x.example, args[0])
     return getattr(x.example, head)(*args, **kwargs)
@@ -678,6 +678,6 @@ METHOD_RULES: dict[str, Callable[..., Any]] = {
     "reshape": _reshape_like, "view": _reshape_like, "flatten": _reshape_like,
     "permute": _index_like, "transpose": _index_like, "squeeze": _index_like, "unsqueeze": _index_like,
     "expand": _index_like, "expand_as": _index_like, "repeat": _index_like,
-    "contiguous": _identity, "float": _identity, "double": _identity,
+    "contiguous": _identity, "float": _identity, "double": _identity, "to": _identity,
     "dim": _shape_query, "size": _shape_query,
 }

@@ -22,6 +22,10 @@ class TooManyPieces(GcertError):
     """The segment split into more pieces than the budget allows."""
 
 
+class MemoryLimit(TooManyPieces):
+    """Holding the segment's pieces would take more memory than the budget allows."""
+
+
 @dataclass
 class Pieces:
     """Breakpoints of several segments, sorted by (segment, t), and the values live at them."""
@@ -29,6 +33,7 @@ class Pieces:
     t: Tensor  # (P,) float64 in [0, 1]
     seg: Tensor  # (P,) long, non-decreasing
     values: dict[int, Tensor]  # value index -> (P, *shape); -1 is the network input
+    max_bytes: float | None = None  # refuse to split past this much memory for the values (and their copies)
 
     @property
     def count(self) -> int:
@@ -66,6 +71,12 @@ class Pieces:
         if max_points is not None and self.count + piece.numel() > max_points:
             raise TooManyPieces(f"the segment split into more than {max_points - 1} pieces; raise max_pieces or use "
                                 "a sound certifier (interval, crown)")
+        if self.max_bytes is not None:
+            per_point = 8 * (sum(v[0].numel() for v in self.values.values()) + sum(v[0].numel() for v in extra))
+            need = 3 * per_point * (self.count + piece.numel())  # the values, and the copies interpolation makes
+            if need > self.max_bytes:
+                raise MemoryLimit(f"the segment's {self.count + piece.numel() - 1} pieces would need "
+                                  f"~{need / 2**30:.2f} GB here")
         # Merged order: every old breakpoint i sorts before the new points inside piece i.
         old_key = torch.arange(self.count, dtype=torch.long)
         keys = torch.cat([old_key, piece])

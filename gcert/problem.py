@@ -59,8 +59,12 @@ class Problem:
 
     @property
     def dtype(self) -> torch.dtype:
-        p = next(self.composed().parameters(), None)
-        return p.dtype if p is not None else torch.float32
+        """The precision the model runs in: its network's (else its generator's) parameters, float32 by default."""
+        for module in (self.network, self.generator):
+            for p in (*module.parameters(), *module.buffers()):
+                if p.is_floating_point():
+                    return p.dtype
+        return torch.float32
 
     @torch.no_grad()
     def outputs(self, t: torch.Tensor) -> torch.Tensor:

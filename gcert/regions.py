@@ -16,23 +16,28 @@ from torch import nn
 
 
 class Embed(nn.Module):
-    """``t -> bias + weight @ t``, reshaped to the control shape (``Linear(k, dim)`` of DESIGN 1)."""
+    """``t -> bias + weight @ t``, reshaped to the control shape (``Linear(k, dim)`` of DESIGN 1).
+
+    The weights are float64 and so is the arithmetic, whatever the input's precision, so a segment whose ends are
+    float64 is analysed as given (a float32 layer would round ``end - start``); the control is returned in the
+    input's own dtype, so a float32 ``t`` feeds a float32 generator, rounded once.
+    """
 
     def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor, control_shape: tuple[int, ...]):
         super().__init__()
         self.control_shape = tuple(control_shape)
         n = bias.numel()
-        self.linear = nn.Linear(n if weight is None else weight.shape[1], n)
+        self.linear = nn.Linear(n if weight is None else weight.shape[1], n, dtype=torch.float64)
         with torch.no_grad():
             if weight is None:
-                self.linear.weight.copy_(torch.eye(n))
+                self.linear.weight.copy_(torch.eye(n, dtype=torch.float64))
             else:
-                self.linear.weight.copy_(weight)
-            self.linear.bias.copy_(bias.reshape(-1))
+                self.linear.weight.copy_(weight.to(torch.float64))
+            self.linear.bias.copy_(bias.reshape(-1).to(torch.float64))
         self.linear.requires_grad_(False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.linear(t).reshape(-1, *self.control_shape)
+        return self.linear(t.to(torch.float64)).to(t.dtype).reshape(-1, *self.control_shape)
 
 
 class Region(ABC):
@@ -100,7 +105,7 @@ class Segment(Region):
         return torch.ones(1, dtype=torch.float64)
 
     def embedding(self) -> nn.Module:
-        weight = (self.end - self.start).reshape(-1, 1)
+        weight = (self.end.to(torch.float64) - self.start.to(torch.float64)).reshape(-1, 1)
         return Embed(weight, self.start, tuple(self.start.shape))
 
     def origin(self) -> torch.Tensor:

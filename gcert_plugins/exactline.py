@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import gcert
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError, UnsupportedOperatorError
-from gcert.line import analyse_line, line_interval, line_outcome
+from gcert.line import DEFAULT_MEMORY_GB, analyse_line, line_interval, line_outcome
 from gcert.lowering import SMOOTH_CAPABLE
 from gcert.problem import Problem
 
@@ -24,10 +24,13 @@ class ExactLineOptions:
     """Settings of ``exactline``."""
 
     max_pieces: int = 1_000_000  # give up (verdict unknown) beyond this many affine pieces
+    max_memory_gb: float = DEFAULT_MEMORY_GB  # or beyond as many as this much memory holds (each carries every value)
 
     def __post_init__(self) -> None:
         if self.max_pieces < 1:
             raise GcertError(f"exactline.max_pieces must be an integer >= 1, got {self.max_pieces}")
+        if not 0 < self.max_memory_gb < float("inf"):
+            raise GcertError(f"exactline.max_memory_gb must be a finite number > 0, got {self.max_memory_gb}")
 
 
 class ExactLine(Certifier):
@@ -51,7 +54,7 @@ class ExactLine(Certifier):
         lo, hi = line_interval(problem.region, self.name)
         lowered = problem.lowered()
         try:
-            line = analyse_line(lowered, problem.spec, lo, hi, max_pieces=options.max_pieces)
+            line = analyse_line(lowered, problem.spec, lo, hi, options.max_pieces, options.max_memory_gb)
         except GcertError as exc:
             return Outcome("unknown", details={"reason": str(exc)})
         return line_outcome(line, problem, lowered)

@@ -19,9 +19,9 @@ import gcert
 from gcert.bounds import Box, error_bounds, forward_boxes
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError
-from gcert.line import analyse_line, forward_chunked, line_interval, line_outcome
+from gcert.line import DEFAULT_MEMORY_GB, analyse_line, forward_chunked, line_interval, line_outcome
 from gcert.lowering import Activation, Lowered
-from gcert.pieces import Pieces, propagate, start
+from gcert.pieces import MemoryLimit, Pieces, propagate, start
 from gcert.problem import Problem
 from gcert.spec import Spec
 
@@ -35,11 +35,14 @@ class GenProverOptions:
     max_cells: int = 4096  # cells carried through the smooth part at once (more exact pieces are merged)
     refinements: int = 12  # rounds of bisecting undecided cells
     max_pieces: int = 1_000_000  # exact pieces allowed in the piecewise-linear prefix
+    max_memory_gb: float = DEFAULT_MEMORY_GB  # memory the prefix's pieces may hold
 
     def __post_init__(self) -> None:
         for key in ("max_cells", "max_pieces"):
             if getattr(self, key) < 1:
                 raise GcertError(f"genprover.{key} must be an integer >= 1, got {getattr(self, key)}")
+        if not 0 < self.max_memory_gb < float("inf"):
+            raise GcertError(f"genprover.max_memory_gb must be a finite number > 0, got {self.max_memory_gb}")
         if self.refinements < 0:
             raise GcertError(f"genprover.refinements must be an integer >= 0, got {self.refinements}")
 
@@ -76,7 +79,12 @@ def quantitative(lowered: Lowered, spec: Spec, options: GenProverOptions, lo: fl
     smooth = [i for i, n in enumerate(lowered.nodes) if isinstance(n.op, Activation) and not n.op.piecewise_linear]
     stop = smooth[0] if smooth else len(lowered.nodes)
     lo_t, hi_t = torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64)
-    pieces = propagate(lowered, start(lowered, lo_t, hi_t), stop=stop, max_points=options.max_pieces + 1)
+    pieces = start(lowered, lo_t, hi_t)
+    pieces.max_bytes = options.max_memory_gb * 1024**3
+    try:
+        pieces = propagate(lowered, pieces, stop=stop, max_points=options.max_pieces + 1)
+    except MemoryLimit as exc:
+        raise MemoryLimit(f"{exc}, over max_memory_gb={options.max_memory_gb:g}: raise it") from None
     errors = error_bounds(lowered, lo_t[0], hi_t[0], stop=stop)
     cells = _cells(pieces, options.max_cells)
     C, d = spec.C, spec.d
@@ -187,7 +195,8 @@ class GenProver(Certifier):
         lowered = problem.lowered()
         try:
             if lowered.piecewise_linear:
-                return line_outcome(analyse_line(lowered, problem.spec, lo, hi, options.max_pieces), problem, lowered)
+                line = analyse_line(lowered, problem.spec, lo, hi, options.max_pieces, options.max_memory_gb)
+                return line_outcome(line, problem, lowered)
             q = quantitative(lowered, problem.spec, options, lo, hi)
         except GcertError as exc:
             return Outcome("unknown", details={"reason": str(exc)})

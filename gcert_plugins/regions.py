@@ -23,4 +23,6 @@ def gcert_input_region(mutation: Mutation, generator: Any, control: torch.Tensor
     if direction.shape != control.shape:
         raise ValueError(f"mutation {mutation.name!r} gave a direction of shape {tuple(direction.shape)} "
                          f"for a control of shape {tuple(control.shape)}")
-    return Segment(control, control + delta * direction)
+    # The far end in float64: the segment of strength delta is exactly control + delta * direction (up to one
+    # float64 rounding), so a strength found certified (max_delta) is the same segment when certified again.
+    return Segment(control, control.to(torch.float64) + float(delta) * direction.to(torch.float64))

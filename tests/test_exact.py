@@ -228,3 +228,13 @@ def test_many_segments_travel_together_with_the_same_breakpoints():
         mine = together.seg == s
         assert torch.equal(together.t[mine], alone.t)
         assert torch.allclose(together.values[lowered.output][mine], alone.values[lowered.output], atol=1e-12)
+
+
+def test_exactline_bounds_its_memory_and_says_how_to_raise_it():
+    problem = make_problem(pwl_network(0), 0, 3.0)
+    out = EXACT.certify(problem, EXACT.parse_options({"max_memory_gb": "1e-6"}))
+    assert out.verdict == "unknown"
+    assert "max_memory_gb=1e-06" in out.details["reason"] and "GB" in out.details["reason"]
+    assert EXACT.certify(problem, EXACT.parse_options({})).verdict != "unknown"
+    with pytest.raises(GcertError, match="max_memory_gb must be a finite number > 0"):
+        EXACT.parse_options({"max_memory_gb": "0"})

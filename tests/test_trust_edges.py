@@ -291,8 +291,8 @@ def test_exactline_max_delta_is_a_certified_strength(seed):
     delta = 3.0
 
     def problem_at(strength: float) -> Problem:
-        return Problem(net, nn.Identity(), Segment(x0, x0 + strength * direction), Spec.top1(label, 3),
-                       {"delta": strength})
+        end = x0.double() + strength * direction.double()  # as gcert's default region hook builds it
+        return Problem(net, nn.Identity(), Segment(x0, end), Spec.top1(label, 3), {"delta": strength})
 
     out = run("exactline", problem_at(delta))
     if out.verdict == "certified":

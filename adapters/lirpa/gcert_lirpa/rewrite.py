@@ -466,7 +466,21 @@ FUNCTION_REWRITES: dict[Any, Callable[[fx.GraphModule, fx.Node], None]] = {
     torch.unflatten: _unflatten_fn,
 }
 
+def _drop_cast(gm: fx.GraphModule, node: fx.Node) -> None:
+    """``x.to(dtype)`` inside a graph that is all in one floating dtype is the identity (gcert's segment
+    embedding computes in float64 and returns the input's dtype); 0.3's Cast would cast to float32."""
+    targets = [*node.args[1:], *node.kwargs.values()]
+    if not isinstance(node.args[0], fx.Node) or not all(isinstance(a, torch.dtype | fx.Node)
+                                                         for a in targets):
+        return
+    if any(isinstance(a, torch.dtype) and not a.is_floating_point for a in targets):
+        return
+    node.replace_all_uses_with(node.args[0])
+    gm.graph.erase_node(node)
+
+
 METHOD_REWRITES: dict[str, Callable[[fx.GraphModule, fx.Node], None]] = {
+    "to": _drop_cast,
     "clamp": _clamp,
     "clip": _clamp,
     "unflatten": _unflatten_fn,
