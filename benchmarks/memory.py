@@ -18,6 +18,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _report import write_report
+from _report import stamp, write_report
 
 CERTIFIERS = ("exactline", "deeppoly", "interval", "genprover", "sampling", "crown")
 README_COMMAND = ["run", "--certifier", "exactline", "--certifier", "crown", "--mutation", "rotate", "--mutation",
@@ -65,6 +66,7 @@ def _tree_rss(root: int) -> int:
 
 def measure(args: list[str], timeout: float) -> dict[str, Any]:
     """Run ``gcert ARGS`` in a fresh folder; peak memory, wall time, exit code and what it wrote."""
+    commit = stamp()["commit"]  # what is measured: the tree as the command starts
     with tempfile.TemporaryDirectory(prefix="gcert-memory-") as tmp:
         out = Path(tmp) / "results.jsonl"
         command = [*_gcert(), *args, "--out", str(out), "-q"]
@@ -86,11 +88,20 @@ def measure(args: list[str], timeout: float) -> dict[str, Any]:
             _, err = proc.communicate(timeout=timeout)
             code: int | str = proc.returncode
         except subprocess.TimeoutExpired:
-            for pid in sorted(_descendants(proc.pid), reverse=True):
-                _kill(pid)
-            proc.kill()
-            _, err = proc.communicate()
-            code = f"timeout {timeout:g} s"
+            # SIGTERM to gcert itself (it stops like Ctrl-C, its workers with it), so that /usr/bin/time still
+            # reports; SIGKILL to whatever is left after 60 s
+            gcert = [p for p in _descendants(proc.pid) if p != proc.pid] if TIME else [proc.pid]
+            for pid in gcert[:1]:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                for pid in sorted(_descendants(proc.pid), reverse=True):
+                    _kill(pid)
+                proc.kill()
+                _, err = proc.communicate()
+            code = f"stopped after {timeout:g} s"
         stop.set()
         sampler.join()
         seconds = time.perf_counter() - start
@@ -108,13 +119,14 @@ def measure(args: list[str], timeout: float) -> dict[str, Any]:
             for cert in read_certificates(out):
                 verdicts[cert.verdict] = verdicts.get(cert.verdict, 0) + 1
         last = [line for line in (err or "").splitlines() if line.startswith("gcert: error")]
-        return {"command": "gcert " + " ".join(args), "exit": code, "seconds": round(seconds, 1),
+        return {"command": "gcert " + " ".join(args), "commit": commit, "exit": code, "seconds": round(seconds, 1),
                 "max_rss_gb": round(max_rss / GIB, 2), "tree_rss_gb": round(peak_tree[0] / GIB, 2),
                 "records": records, "verdicts": ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())),
                 "measured_by": how, "error": last[0] if last else ""}
 
 
-def _descendants(root: int) -> set[int]:
+def _descendants(root: int) -> list[int]:
+    """``root``'s descendants, parents before children."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -122,10 +134,11 @@ def _descendants(root: int) -> set[int]:
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-    tree, frontier = set(), {root}
+    tree: list[int] = []
+    frontier = {root}
     while frontier:
-        frontier = {c for c, p in parents.items() if p in frontier} - tree
-        tree |= frontier
+        frontier = {c for c, p in parents.items() if p in frontier} - set(tree)
+        tree += sorted(frontier)
     return tree
 
 
@@ -140,6 +153,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="Seconds per command before it is stopped.")
     parser.add_argument("--skip-readme", action="store_true", help="Skip the README's main command.")
     parser.add_argument("--name", default="memory")
+    parser.add_argument("--update", action="store_true",
+                        help="Keep the other rows of an existing report; replace only the commands run now.")
     args = parser.parse_args()
     commands = [] if args.skip_readme else [README_COMMAND]
     commands += [["run", "-c", c, "-m", "foggy", "--limit", "1"] for c in args.certifiers.split(",") if c]
@@ -150,6 +165,18 @@ def main() -> None:
               f"tree {row['tree_rss_gb']} GB, {row['records']} records ({row['verdicts']}) {row['error']}",
               flush=True)
         rows.append(row)
+    if args.update:
+        import json
+
+        from _report import RESULTS
+
+        old = RESULTS / f"{args.name}.json"
+        if old.exists():
+            ran = {r["command"] for r in rows}
+            rows = [r for r in json.loads(old.read_text())["rows"] if r["command"] not in ran] + rows
+            order = ["gcert " + " ".join(c) for c in [README_COMMAND]] + [
+                f"gcert run -c {c} -m foggy --limit 1" for c in CERTIFIERS]
+            rows.sort(key=lambda r: order.index(r["command"]) if r["command"] in order else len(order))
     available = _meminfo("MemAvailable")
     notes = (
         "Peak resident memory of each command as a user runs it (default settings, one fresh results file each). "
@@ -158,7 +185,7 @@ def main() -> None:
         "stylized mutations' three default strengths (0.2, 0.5, 0.8). "
         f"Machine: {_meminfo('MemTotal') / GIB:.1f} GB memory, {available / GIB:.1f} GB available at the end."
     )
-    write_report(args.name, "Peak memory of gcert commands", ["command", "exit", "seconds", "max_rss_gb",
+    write_report(args.name, "Peak memory of gcert commands", ["command", "commit", "exit", "seconds", "max_rss_gb",
                  "tree_rss_gb", "records", "verdicts", "error"], rows, notes=notes)
 
 
