@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gcert.attack import cheap_answer
 from gcert.contracts import Outcome
 from gcert.problem import Problem
 
@@ -61,13 +62,25 @@ def as_outcome(result: SplitResult, details: dict[str, object] | None = None) ->
                    witness_t=result.witness_t, pieces=result.pieces, details=details or {})
 
 
-def decide(problem: Problem, bound: Callable[[Tensor, Tensor], float], splits: int) -> Outcome:
+def decide(problem: Problem, bound: Callable[[Tensor, Tensor], float], splits: int, cheap_first: bool = True
+           ) -> Outcome:
     """The verdict of a sound certifier from ``bound(lo, hi)``, a lower bound of the margin over a sub-box of t.
 
-    One-dimensional regions are bisected best-first (up to ``splits`` pieces); elsewhere the whole region is
-    bounded once and, when that does not certify, a few concrete points (the unmutated input, the box corners
-    and centre, projected into the region) are tried for a counterexample.
+    With ``cheap_first``, a short attack and one interval pass come before any call of ``bound`` (:func:`gcert.attack.cheap_answer`). Then one-dimensional regions are bisected best-first (up to
+    ``splits`` pieces); elsewhere the whole region is bounded once and, when that does not certify, a few
+    concrete points (the unmutated input, the box corners and centre, projected into the region) are tried.
     """
+    tried: dict[str, object] = {}
+    if cheap_first:
+        early, tried = cheap_answer(problem)
+        if early is not None:
+            return early
+    outcome = _decide(problem, bound, splits)
+    outcome.details = {**tried, **outcome.details}
+    return outcome
+
+
+def _decide(problem: Problem, bound: Callable[[Tensor, Tensor], float], splits: int) -> Outcome:
     region = problem.region
     if region.dim == 1 and splits > 1:
         lowered = problem.lowered()

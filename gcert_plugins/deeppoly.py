@@ -37,6 +37,7 @@ class DeepPolyOptions:
     # better bound is kept, so it is never worse than either; neither wins everywhere, benchmarks/results/deepcert.md)
     relaxation: str = "both"
     splits: int = 32  # one-dimensional regions: most pieces when bisecting t (1 = no splitting)
+    cheap_first: bool = True  # a short attack and one interval pass before the back-substitution
 
     def __post_init__(self) -> None:
         if self.relaxation not in ("deepcert", "tangent", "both"):
@@ -410,7 +411,7 @@ class DeepPoly(Certifier):
         problem.lowered()
 
     def certify(self, problem: Problem, options: DeepPolyOptions) -> Outcome:
-        lowered, region = problem.lowered(), problem.region
+        lowered, region = problem.lowered(), problem.region  # an op it cannot lower is refused before anything
         ball = region if isinstance(region, LpBall) else None
 
         methods = ("deepcert", "tangent") if options.relaxation == "both" else (options.relaxation,)
@@ -423,7 +424,7 @@ class DeepPoly(Certifier):
                                 for m in methods]).max(dim=0).values  # each relaxation's row bound is sound
             return float(problem.spec.reduce(rows.reshape(1, -1))[0])
 
-        return decide(problem, bound, options.splits)
+        return decide(problem, bound, options.splits, cheap_first=options.cheap_first)
 
 
 @gcert.hookimpl

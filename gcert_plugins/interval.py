@@ -26,6 +26,7 @@ class IntervalOptions:
     """Settings of ``interval``."""
 
     splits: int = 32  # one-dimensional regions: most pieces when bisecting t (1 = no splitting)
+    cheap_first: bool = True  # a short attack and one pass over the whole region before bisecting
 
     def __post_init__(self) -> None:
         if self.splits < 1:
@@ -42,7 +43,9 @@ class IntervalCertifier(Certifier):
         problem.lowered()
 
     def certify(self, problem: Problem, options: IntervalOptions) -> Outcome:
-        return decide(problem, lambda lo, hi: margin_bound(problem, lo, hi), options.splits)
+        problem.lowered()  # an op it cannot lower is refused before anything
+        return decide(problem, lambda lo, hi: margin_bound(problem, lo, hi), options.splits,
+                      cheap_first=options.cheap_first)
 
 
 def margin_bound(problem: Problem, lo: torch.Tensor, hi: torch.Tensor) -> float:

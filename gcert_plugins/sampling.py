@@ -7,16 +7,13 @@ on the true minimum, useful to judge how loose a sound certifier's ``margin_lowe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 import gcert
+from gcert.attack import search
 from gcert.contracts import Certifier, Outcome
 from gcert.problem import Problem
-from gcert.regions import LpBall
 
 
 @dataclass(frozen=True)
@@ -37,49 +34,11 @@ class SamplingFalsifier(Certifier):
     Options = SamplingOptions
 
     def certify(self, problem: Problem, options: SamplingOptions) -> Outcome:
-        gen = torch.Generator().manual_seed(options.seed)
-        points = _candidates(problem, options.samples, gen)
-        margins = torch.cat([problem.margins(chunk) for chunk in points.split(options.batch)])
-        if options.steps > 0 and (margins > 0).all():
-            starts = points[margins.argsort()[: options.starts]]
-            refined = _descend(problem, starts, options.steps)
-            points, margins = torch.cat([points, refined]), torch.cat([margins, problem.margins(refined)])
-        best = int(margins.argmin())
-        evaluated = {"evaluated": int(points.shape[0])}
-        if margins[best] <= 0:
-            return Outcome("falsified", margin_upper=float(margins[best]), witness_t=points[best], details=evaluated)
-        return Outcome("unknown", margin_upper=float(margins[best]), details=evaluated)
-
-
-def _candidates(problem: Problem, n: int, gen: torch.Generator) -> torch.Tensor:
-    region = problem.region
-    fixed = torch.stack([region.origin(), region.lower, region.upper]).to(region.lower.dtype)
-    if region.dim == 1:
-        grid = torch.linspace(0, 1, max(n, 2), dtype=region.lower.dtype).unsqueeze(1)
-        return torch.cat([fixed, region.lower + grid * (region.upper - region.lower)])
-    return torch.cat([region.project(fixed), region.sample(max(n - 3, 1), gen)])
-
-
-def _descend(problem: Problem, starts: torch.Tensor, steps: int) -> torch.Tensor:
-    """Projected gradient descent on the margin; the step shrinks from a quarter of the region's width."""
-    region, network, spec = problem.region, problem.composed(), problem.spec
-    width = (region.upper - region.lower).to(problem.dtype)
-    p = region.p if isinstance(region, LpBall) else math.inf
-    t = starts.clone().to(problem.dtype)
-    for k in range(steps):
-        t.requires_grad_(True)
-        with torch.enable_grad():
-            margin = spec.margin(network(t)).sum()
-            (grad,) = torch.autograd.grad(margin, t)
-        size = 0.25 * (1 - k / steps) + 1e-3
-        with torch.no_grad():
-            if p == math.inf:
-                step = -grad.sign() * width * size
-            else:
-                scale = region.eps if isinstance(region, LpBall) else float(width.norm())
-                step = -grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30) * scale * size
-            t = region.project((t + step).to(region.lower.dtype)).to(problem.dtype)
-    return t.detach().to(region.lower.dtype)
+        found = search(problem, options.samples, options.steps, options.starts, options.batch, options.seed)
+        evaluated = {"evaluated": found.evaluated}
+        if found.margin <= 0:
+            return Outcome("falsified", margin_upper=found.margin, witness_t=found.point, details=evaluated)
+        return Outcome("unknown", margin_upper=found.margin, details=evaluated)
 
 
 @gcert.hookimpl

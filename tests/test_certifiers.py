@@ -35,7 +35,7 @@ def test_interval_bounds_contain_every_sampled_output(seed, conv, kind):
     assert (y >= bounds.lo).all() and (y <= bounds.hi).all()
     outcome = INTERVAL.certify(problem, INTERVAL.parse_options())
     sampled_min = float(problem.spec.margin(y.float()).min())
-    assert outcome.margin_lower <= sampled_min + 1e-5
+    assert outcome.margin_lower is None or outcome.margin_lower <= sampled_min + 1e-5
     if outcome.verdict == "certified":
         assert sampled_min > 0
     if outcome.verdict == "falsified":

@@ -21,6 +21,7 @@ import torch
 from torch import fx, nn
 
 import gcert
+from gcert.attack import cheap_answer
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError, UnsupportedOperatorError, one_line
 from gcert.problem import Problem
@@ -45,6 +46,7 @@ class LirpaOptions:
     # Concrete points tried for a counterexample when not certified: this many of origin, corners and center,
     # plus (when > 0) the box vertices where CROWN's linear lower bounds of the worst rows are smallest.
     probes: int = 5
+    cheap_first: bool = True  # a short attack and one interval pass (gcert's own) before auto_LiRPA's bound
     # How the linear bounds are computed: "backward" (CROWN proper: from the output back to the input, the
     # tightest), "forward" (forward-mode LiRPA: linear bounds in the input carried layer by layer, cost
     # proportional to the input's dimension, so cheap on segments), or "auto": forward when the region has
@@ -66,6 +68,7 @@ class AlphaCrownOptions:
     lr: float = 0.5  # Adam learning rate of the slopes (auto_LiRPA's lr_alpha)
     splits: int = 32
     probes: int = 5
+    cheap_first: bool = True  # a short attack and one interval pass (gcert's own) before auto_LiRPA's bound
 
 
 @dataclass
@@ -124,6 +127,12 @@ class LirpaCertifier(Certifier):
             return Outcome("unknown", details={"reason": f"{self.name} failed: {one_line(exc)}"})
 
     def _certify(self, problem: Problem, options: Any) -> Outcome:
+        if getattr(options, "cheap_first", False):
+            bounded, _, _ = self._setup(problem, options)  # what auto_LiRPA refuses is refused first
+            early, _ = cheap_answer(problem)  # as every sound certifier: a short attack, one interval pass
+            if early is not None and early.margin_lower is not None:  # (no interval pass: bound it below)
+                early.details = {**_details(bounded), **early.details}
+                return early
         if problem.region.dim == 1 and options.splits > 1:
             # A bound over a shorter piece of t is tighter: bisect where it is worst (gcert.splitting).
             bounded, C, d = self._setup(problem, options)
@@ -267,7 +276,8 @@ class AlphaCrownCertifier(CrownCertifier):
         if problem.region.dim > 1 or options.splits <= 1:
             # Optimising the slopes is costly (seconds to tens of seconds); skip it when CROWN certifies or its
             # probes already found a counterexample.
-            quick = _CROWN.certify(problem, LirpaOptions(splits=options.splits, probes=options.probes))
+            quick = _CROWN.certify(problem, LirpaOptions(splits=options.splits, probes=options.probes,
+                                                         cheap_first=options.cheap_first))
             if quick.verdict != "unknown" or options.iterations <= 0:
                 quick.details["alpha_iterations"] = 0
                 return quick

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.usefixtures("lirpa")
 REG = make_registry(plugin)
 INTERVAL = REG.certifier("interval")
 LIRPA = {name: REG.certifier(name) for name in ("crown", "alpha-crown", "ibp-lirpa")}
-OPTIONS = {"alpha-crown": {"iterations": "5"}}  # a small budget keeps the suite fast; soundness does not need more
+# A small budget keeps the suite fast; soundness does not need more. These tests look at auto_LiRPA's own bounds,
+# so the early answer every sound certifier tries first (a short attack, an interval pass) is off.
+OPTIONS = {"alpha-crown": {"iterations": "5", "cheap_first": "false"}, "crown": {"cheap_first": "false"},
+           "ibp-lirpa": {"cheap_first": "false"}}
 
 def sampled_margins(problem: Problem, gen: torch.Generator, n: int = 3000) -> torch.Tensor:
     """Margins at ``n`` random points and the box corners, computed in float64 (the precision of the bounds)."""
@@ -85,7 +88,7 @@ def test_crown_is_never_looser_than_interval_on_relu_networks(seed):
     net = random_network(seed, conv=bool(seed % 2))
     region = random_region(["segment", "box", "linf"][seed % 3], gen, size=2.0)
     problem = Problem(net, nn.Identity(), region, Spec.top1(seed % 4, 4))
-    whole = {"splits": "1"}
+    whole = {"splits": "1", "cheap_first": "false"}  # the bounds themselves, not an early answer
     interval = INTERVAL.certify(problem, INTERVAL.parse_options(whole)).margin_lower
     crown = LIRPA["crown"].certify(problem, LIRPA["crown"].parse_options(whole)).margin_lower
     ibp = LIRPA["ibp-lirpa"].certify(problem, LIRPA["ibp-lirpa"].parse_options(whole)).margin_lower
@@ -155,10 +158,10 @@ def test_the_vertex_minimising_crowns_linear_bound_is_tried_as_a_counterexample(
         net.bias.copy_(torch.tensor([0.1, 0.0]))
     problem = Problem(net, nn.Identity(), Box(torch.full((2,), 0.4), torch.full((2,), 0.6)), Spec.top1(0, 2))
     crown = LIRPA["crown"]
-    out = crown.certify(problem, crown.parse_options())
+    out = crown.certify(problem, crown.parse_options(OPTIONS["crown"]))
     assert out.verdict == "falsified" and out.margin_lower == pytest.approx(-0.1)
     assert out.witness_t.tolist() == pytest.approx([0.4, 0.6])
     assert confirm_witness(problem, out.witness_t) is not None
-    assert crown.certify(problem, crown.parse_options({"probes": "0"})).verdict == "unknown"
-    alpha = LIRPA["alpha-crown"].certify(problem, LIRPA["alpha-crown"].parse_options())
+    assert crown.certify(problem, crown.parse_options({"probes": "0", **OPTIONS["crown"]})).verdict == "unknown"
+    alpha = LIRPA["alpha-crown"].certify(problem, LIRPA["alpha-crown"].parse_options({"cheap_first": "false"}))
     assert alpha.verdict == "falsified" and alpha.details["alpha_iterations"] == 0  # no optimisation needed
