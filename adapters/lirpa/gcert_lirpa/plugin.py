@@ -38,6 +38,11 @@ FORWARD_TOLERANCE = 1e-9
 ELSEWHERE = ("interval", "deeppoly", "exactline", "sampling")
 
 
+def elsewhere(dim: int | None) -> tuple[str, ...]:
+    """The certifiers of :data:`ELSEWHERE` that take a region of ``dim`` dimensions (exactline: one only)."""
+    return tuple(n for n in ELSEWHERE if n != "exactline" or dim is None or dim <= 1)
+
+
 @dataclass(frozen=True)
 class LirpaOptions:
     """Settings of ``crown`` and ``ibp-lirpa``."""
@@ -337,13 +342,13 @@ def build(network: nn.Module, origin: torch.Tensor, lirpa: types.ModuleType, for
         try:
             module = lirpa.BoundedModule(graph, example, bound_opts=dict(compat.BOUND_OPTS), device="cpu")
         except Exception as exc:  # noqa: BLE001 - auto_LiRPA's failures become one line naming the op
-            raise _unsupported(exc, lirpa, log) from None
-        _refuse_unsound_nodes(module, lirpa)
+            raise _unsupported(exc, lirpa, log, example.shape[1]) from None
+        _refuse_unsound_nodes(module, lirpa, example.shape[1])
         _check_same_function(graph, module, example)
     return Bounded(graph, module, lirpa, forward)
 
 
-def _refuse_unsound_nodes(module: Any, lirpa: types.ModuleType) -> None:
+def _refuse_unsound_nodes(module: Any, lirpa: types.ModuleType, dim: int | None = None) -> None:
     """Refuse nodes whose 0.3 bounds do not hold for their settings, should one get past the rewrites.
 
     ``BoundLeakyRelu`` assumes a slope in [0, 1] (above 1 it is concave, below 0 not monotone). ``nn.LeakyReLU``
@@ -356,7 +361,7 @@ def _refuse_unsound_nodes(module: Any, lirpa: types.ModuleType) -> None:
             slope = float(node.alpha)
             if not 0.0 <= slope <= 1.0:
                 raise UnsupportedOperatorError(
-                    "LeakyRelu", f"auto_LiRPA node {node.name!r}", ELSEWHERE,
+                    "LeakyRelu", f"auto_LiRPA node {node.name!r}", elsewhere(dim),
                     hint=f"auto_LiRPA 0.3 bounds it soundly only for slopes in [0, 1], this one has slope {slope:g}")
 
 
@@ -421,7 +426,7 @@ def compute(bounded: Bounded, x: Any, C: torch.Tensor, method: str) -> torch.Ten
                 with torch.no_grad():
                     lower, _ = bounded.module.compute_bounds(x=(x,), C=C, method=method, bound_upper=False)
         except Exception as exc:  # noqa: BLE001
-            raise _unsupported(exc, bounded.lirpa, log) from None
+            raise _unsupported(exc, bounded.lirpa, log, int(x.shape[1:].numel())) from None
     lower = lower.detach().reshape(-1)
     if not bool(torch.isfinite(lower).all()):
         raise GcertError(f"auto_LiRPA {method} gave a non-finite bound; use certifier interval or sampling")
@@ -450,20 +455,22 @@ def _lirpa_calls(lirpa: types.ModuleType) -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
-def _unsupported(exc: BaseException, lirpa: types.ModuleType, log: list[str]) -> GcertError:
-    """One line naming the operator auto_LiRPA failed on (from its log, or the Bound object in the traceback)."""
+def _unsupported(exc: BaseException, lirpa: types.ModuleType, log: list[str], dim: int | None = None) -> GcertError:
+    """One line naming the operator auto_LiRPA failed on (from its log, or the Bound object in the traceback);
+    the certifiers it names take a region of ``dim`` dimensions."""
     if isinstance(exc, GcertError):
         return exc
     if _out_of_memory(exc):
         asked = re.search(r"allocate (\d+) bytes", str(exc))
         size = f" (one allocation of {int(asked.group(1)) / 2**30:.1f} GiB)" if asked else ""
+        exact = "exactline (complete on a one-dimensional region of a piecewise-linear network), " \
+            if "exactline" in elsewhere(dim) else ""
         return GcertError(
             f"auto_LiRPA 0.3 ran out of memory bounding this network{size}: it bounds convolutions as dense "
-            "matrices (gcert_lirpa.compat.BOUND_OPTS); use certifier exactline (complete on a segment of a "
-            "piecewise-linear network), deeppoly or interval")
+            f"matrices (gcert_lirpa.compat.BOUND_OPTS); use certifier {exact}deeppoly or interval")
     names = sorted({m.split("Name: ", 1)[1].split(",")[0] for m in log if m.startswith("Name: ")})
     if names:
-        return UnsupportedOperatorError(names[0], "the network as auto_LiRPA 0.3 parses it", ELSEWHERE,
+        return UnsupportedOperatorError(names[0], "the network as auto_LiRPA 0.3 parses it", elsewhere(dim),
                                         hint=f"auto_LiRPA 0.3 has no bound for {', '.join(names)}")
     node = None
     tb = exc.__traceback__
@@ -475,7 +482,7 @@ def _unsupported(exc: BaseException, lirpa: types.ModuleType, log: list[str]) ->
     if node is None:
         return GcertError(f"auto_LiRPA 0.3 failed: {one_line(exc)}")
     op = type(node).__name__.removeprefix("Bound")
-    return UnsupportedOperatorError(op, f"auto_LiRPA node {node.name!r}", ELSEWHERE,
+    return UnsupportedOperatorError(op, f"auto_LiRPA node {node.name!r}", elsewhere(dim),
                                     hint=f"auto_LiRPA 0.3: {one_line(exc)}")
 
 
@@ -496,7 +503,7 @@ def crown_vertices(problem: Problem, rows: int = 3) -> torch.Tensor:
             lower, _, A = module.compute_bounds(x=(x,), C=C, method="CROWN", bound_upper=False, return_A=True,
                                                 needed_A_dict={module.output_name[0]: module.input_name[0]})
         except Exception as exc:  # noqa: BLE001
-            raise _unsupported(exc, bounded.lirpa, log) from None
+            raise _unsupported(exc, bounded.lirpa, log, region.dim) from None
     slopes = A[module.output_name[0]][module.input_name[0]]["lA"][0].reshape(C.shape[1], -1)
     worst = lower.reshape(-1).argsort()[:rows]
     vertices = torch.where(slopes[worst] > 0, lo, hi)

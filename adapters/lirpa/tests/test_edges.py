@@ -385,3 +385,14 @@ def test_ibp_over_an_lp_ball_is_not_carried_past_the_first_layer(p):
     for mode in ("crown backward", "alpha-crown", "ibp-lirpa"):
         outcome = certify(mode, problem)
         assert outcome.margin_lower <= sampled + 1e-9, (mode, outcome.margin_lower, sampled)
+
+
+@pytest.mark.parametrize("dim", [1, 16])
+def test_recommendations_name_only_certifiers_that_take_the_region(dim):
+    from gcert_lirpa import plugin as lirpa_plugin
+
+    exc = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 29000000000 bytes.")
+    message = str(lirpa_plugin._unsupported(exc, None, [], dim))
+    assert "ran out of memory" in message and "deeppoly" in message
+    assert ("exactline" in message) == (dim == 1)
+    assert ("exactline" in lirpa_plugin.elsewhere(dim)) == (dim == 1)
