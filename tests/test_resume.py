@@ -66,7 +66,8 @@ def test_the_same_command_reuses_every_record(tmp_path):
     for cert in read_certificates(out):
         ident = cert.identity
         assert ident is not None and len(ident["hash"]) == 16
-        assert ident["command"] == "run" and ident["options"] == {"splits": 32} and ident["labels"] == "auto"
+        assert ident["command"] == "run" and ident["options"] == cert.options and ident["labels"] == "auto"
+        assert ident["options"]["splits"] == 32  # defaults included
         assert ident["region"] == {"mutation": "brightness", "delta": 0.1, "generator": "pixel"}
 
 
@@ -78,7 +79,7 @@ def test_other_certifier_options_are_refused_then_recomputed_on_request(tmp_path
     summary = run(other, out, workers=1, progress=False, recompute_stale=True)
     assert (summary.written, summary.stale) == (2, 2)
     certs = read_certificates(out)
-    assert len(certs) == 2 and all(c.options == {"splits": 1} for c in certs)
+    assert len(certs) == 2 and all(c.options["splits"] == 1 and c.identity["options"]["splits"] == 1 for c in certs)
 
 
 def test_another_tau_is_refused(tmp_path):
