@@ -66,7 +66,8 @@ def decide(problem: Problem, bound: Callable[[Tensor, Tensor], float], splits: i
            ) -> Outcome:
     """The verdict of a sound certifier from ``bound(lo, hi)``, a lower bound of the margin over a sub-box of t.
 
-    With ``cheap_first``, a short attack and one interval pass come before any call of ``bound`` (:func:`gcert.attack.cheap_answer`). Then one-dimensional regions are bisected best-first (up to
+    With ``cheap_first``, a short attack and one interval pass come before any call of ``bound``
+    (:func:`gcert.attack.cheap_answer`). Then one-dimensional regions are bisected best-first (up to
     ``splits`` pieces); elsewhere the whole region is bounded once and, when that does not certify, a few
     concrete points (the unmutated input, the box corners and centre, projected into the region) are tried.
     """
