@@ -160,7 +160,7 @@ def test_contract_validation_is_one_line():
         Mutation("m", "wobble", "pixel", "x", 1.0, norm=2)
     with pytest.raises(GcertError, match="exactly one of direction= or norm="):
         Mutation("m", "pixel", "pixel", "x", 1.0)
-    with pytest.raises(GcertError, match="has no option 'bogus'; its options: splits"):
+    with pytest.raises(GcertError, match="has no option 'bogus'; its options: cheap_first, splits"):
         make_registry().certifier("interval").parse_options({"bogus": "1"})
     with pytest.raises(GcertError, match="must be a int"):
         make_registry().certifier("interval").parse_options({"splits": "many"})

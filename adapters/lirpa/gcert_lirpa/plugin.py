@@ -426,7 +426,7 @@ def compute(bounded: Bounded, x: Any, C: torch.Tensor, method: str) -> torch.Ten
                 with torch.no_grad():
                     lower, _ = bounded.module.compute_bounds(x=(x,), C=C, method=method, bound_upper=False)
         except Exception as exc:  # noqa: BLE001
-            raise _unsupported(exc, bounded.lirpa, log, int(x.shape[1:].numel())) from None
+            raise _unsupported(exc, bounded.lirpa, log, math.prod(tuple(x.shape)[1:])) from None
     lower = lower.detach().reshape(-1)
     if not bool(torch.isfinite(lower).all()):
         raise GcertError(f"auto_LiRPA {method} gave a non-finite bound; use certifier interval or sampling")
