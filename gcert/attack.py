@@ -74,7 +74,9 @@ def descend(problem: Problem, starts: Tensor, steps: int) -> Tensor:
                 scale = region.eps if isinstance(region, LpBall) else float(width.norm())
                 step = -grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30) * scale * size
             t = region.project((t + step).to(region.lower.dtype)).to(problem.dtype)
-    return t.detach().to(region.lower.dtype)
+    # The points returned are in the region exactly (float64, projected last): rounding them to the network's
+    # precision moved some out of a ball; the host rounds a witness into the region itself.
+    return region.project(t.detach().to(region.lower.dtype))
 
 
 CHEAP = {"samples": 128, "steps": 10, "starts": 2}
