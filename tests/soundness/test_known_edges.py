@@ -7,7 +7,19 @@ from __future__ import annotations
 import pytest
 
 from tests.soundness import harness
-from tests.soundness.strategies import HAS_CLAUSES, Act, BoxDesc, Case, Dense, FCNet, SegmentDesc, SpecDesc
+from tests.soundness.strategies import (
+    HAS_CLAUSES,
+    Act,
+    BallDesc,
+    BoxDesc,
+    Case,
+    ConvNet,
+    Dense,
+    FCNet,
+    Op,
+    SegmentDesc,
+    SpecDesc,
+)
 
 IDENTITY = FCNet((Dense(((1.0,),), (0.0,)),))
 # y = leaky_s(x) + leaky_s(-x): for slope 2, y = -|x| (concave); the convex relaxation bounds it by -1 on [-1, 1]
@@ -48,6 +60,11 @@ EDGES = {
     "vnnlib-threshold": Case("edge", IDENTITY, None, None, vnnlib=(
         "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0.7))\n(assert (<= X_0 1.0))\n"
         "(assert (<= Y_0 0.7))\n")),
+    # found by the fuzz (auto_LiRPA 0.3): CROWN over an L1 / L2 ball of a network that starts with a ReLU of
+    # its input, and F.avg_pool2d with padding, gave margin bounds above the network's minimum
+    "lirpa-l1-ball-relu-first": Case(family='conv', network=ConvNet(in_shape=(1, 2, 4), ops=(Op(kind='act', args=(Act(kind='relu', a=None, b=None, form='function'),)), Op(kind='flatten', args=('module',)), Op(kind='linear', args=(2,))), seed=2, weights='int'), region=BallDesc(center=(-0.2015328036913715, 1.7085981998515927, 0.9364532140618707, 1.1682172999237679, -0.0678506295459238, 3.2253350861215426e-208, 2.6701213642278407, 1.7990694349881924), eps=0.3, p=1.0, clip=None, shape=(1, 2, 4)), spec=SpecDesc(kind='regression', label=1, k=2, reference=2.036250895566681, tau=1.7085981998515927, C=(), d=(), clauses=None), generator=None, vnnlib=None, float64=False),  # noqa: E501 - the fuzz's reproducer, verbatim
+    "lirpa-l2-ball-relu-first": Case(family='conv', network=ConvNet(in_shape=(1, 2, 4), ops=(Op(kind='act', args=(Act(kind='relu', a=None, b=None, form='function'),)), Op(kind='flatten', args=('module',)), Op(kind='linear', args=(2,))), seed=2, weights='int'), region=BallDesc(center=(-0.2015328036913715, 1.7085981998515927, 0.9364532140618707, 1.1682172999237679, -0.0678506295459238, 3.2253350861215426e-208, 2.6701213642278407, 1.7990694349881924), eps=0.3, p=2.0, clip=None, shape=(1, 2, 4)), spec=SpecDesc(kind='regression', label=1, k=2, reference=2.036250895566681, tau=1.7085981998515927, C=(), d=(), clauses=None), generator=None, vnnlib=None, float64=False),  # noqa: E501 - the fuzz's reproducer, verbatim
+    "lirpa-avgpool-function-padding": Case(family='conv', network=ConvNet(in_shape=(1, 2, 2), ops=(Op(kind='act', args=(Act(kind='relu6', a=None, b=None, form='module'),)), Op(kind='avgpool', args=(2, 1, 1, 'function')), Op(kind='residual', args=(Act(kind='clamp', a=0.8399299383163452, b=0.8399299383163452, form='hardtanh'),)), Op(kind='flatten', args=('torch.flatten',)), Op(kind='linear', args=(3,))), seed=133, weights='bigint'), region=SegmentDesc(start=(0.8399299274545964, 1e-05, 1.175494351e-38, 1.175494351e-38), end=(0.8493822141191619, 1e-05, 0.04512811411596133, 1.175494351e-38), dtype='float32', shape=(1, 2, 2)), spec=SpecDesc(kind='regression', label=0, k=3, reference=0.7, tau=0.1, C=(), d=(), clauses=None), generator=None, vnnlib=None, float64=False),  # noqa: E501 - the fuzz's reproducer, verbatim
 }
 
 NEEDS_CLAUSES = {"vnnlib-conjoined"}
