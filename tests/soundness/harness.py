@@ -214,7 +214,12 @@ def judge(name: str, guarantee: str, options: dict[str, Any], outcome: Any, ev: 
     if guarantee == "complete" and exact_pl and ev.exact_min is not None:
         thr = _f64_scale(ev)
         if verdict != "certified" and ev.exact_min > thr:
-            bad("incomplete", f"verdict {verdict} but the exact minimum margin is {_f(ev.exact_min)} > 0")
+            # an 'unknown' inside the rounding bound the certifier declares (README) is by design: noted
+            pad = outcome.details.get("rounding_bound")
+            declared = verdict == "unknown" and pad is not None and ev.exact_min <= Fraction(float(pad))
+            bad("incomplete", f"verdict {verdict} but the exact minimum margin is {_f(ev.exact_min)} > 0"
+                + (f" (within its rounding bound {float(pad):.3g})" if declared else ""),
+                "note" if declared else "fail")
         if lower is not None and abs(Fraction(lower) - ev.exact_min) > Fraction(thr) + Fraction(
                 1e-12 * (1 + abs(float(ev.exact_min)))):
             # exactline may report a rounding-padded margin (README); below the minimum is sound, so only noted
