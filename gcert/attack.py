@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gcert.bounds import Box, forward_boxes, spec_rows
+from gcert.bounds import spec_margin_bound
 from gcert.contracts import Outcome
 from gcert.errors import GcertError
 from gcert.problem import Problem
@@ -92,10 +92,8 @@ def cheap_answer(problem: Problem, interval: bool = True) -> tuple[Outcome | Non
     tried: dict[str, object] = {"cheap_attack_points": found.evaluated, "cheap_attack_margin": found.margin}
     bound = None
     if interval:
-        lo, hi = problem.region.lower.reshape(1, -1).double(), problem.region.upper.reshape(1, -1).double()
         try:
-            out = forward_boxes(problem.lowered(), {-1: Box(lo, hi)})
-            bound = float(problem.spec.reduce(spec_rows(problem.spec.C, problem.spec.d, out).lo)[0])
+            bound = spec_margin_bound(problem.lowered(), problem.spec, problem.region.lower, problem.region.upper)
             tried["cheap_interval_bound"] = bound
         except GcertError:  # a network only another engine takes (say auto_LiRPA's): no interval pass
             bound = None

@@ -7,6 +7,7 @@ certifier that wants a cheap sound bound on some of its values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,6 +35,13 @@ def spec_rows(C: Tensor, d: Tensor, out: Box) -> Box:
     """Bounds of the spec rows ``C @ y + d`` (float64) for outputs ``y`` in the box ``out`` (batch of one)."""
     return affine_box(Affine(lambda x: x @ C.T, d, lambda x: x @ C.abs().T, C.shape[1]),
                       Box(out.lo.reshape(1, -1), out.hi.reshape(1, -1)))
+
+
+def spec_margin_bound(lowered: Lowered, spec: Any, lo: Tensor, hi: Tensor) -> float:
+    """A sound lower bound of ``spec``'s margin (:class:`gcert.spec.Spec`) over the input box ``[lo, hi]``, by
+    interval propagation: the ``interval`` certifier's bound and every sound certifier's cheap first pass."""
+    out = forward_boxes(lowered, {-1: Box(lo.reshape(1, -1).double(), hi.reshape(1, -1).double())})
+    return float(spec.reduce(spec_rows(spec.C, spec.d, out).lo)[0])
 
 
 def node_box(op: object, args: list[Box]) -> Box:

@@ -22,12 +22,12 @@ from gcert.lowering import Lowered
 from gcert.pieces import MemoryLimit, Pieces, propagate, start
 from gcert.problem import Problem
 from gcert.regions import Region
+from gcert.resources import GIB
 from gcert.spec import Spec
 
 Tensor = torch.Tensor
 FORWARD_BUDGET = 1 << 24  # float64 values held at once when re-evaluating breakpoints (128 MB)
 DEFAULT_MEMORY_GB = 2.0  # what the pieces of one analysis may hold (exactline.max_memory_gb, genprover's too)
-_GIB = 1024**3
 
 
 def line_interval(region: Region, certifier: str) -> tuple[float, float]:
@@ -141,7 +141,7 @@ def analyse_line(lowered: Lowered, spec: Spec, lo: float, hi: float, max_pieces:
     if lowered.input_shape != (1,):
         raise GcertError(f"exact line analysis needs a network of one input value, got shape {lowered.input_shape}")
     pieces = start(lowered, torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64))
-    pieces.max_bytes = memory_gb * _GIB
+    pieces.max_bytes = memory_gb * GIB
     try:
         pieces = propagate(lowered, pieces, max_points=max_pieces + 1)
         return spec_along(lowered, pieces, spec, lo, hi, max_pieces)

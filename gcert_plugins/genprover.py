@@ -23,6 +23,7 @@ from gcert.line import DEFAULT_MEMORY_GB, analyse_line, forward_chunked, line_in
 from gcert.lowering import Activation, Lowered
 from gcert.pieces import MemoryLimit, Pieces, propagate, start
 from gcert.problem import Problem
+from gcert.resources import GIB
 from gcert.spec import Spec
 
 Tensor = torch.Tensor
@@ -80,7 +81,7 @@ def quantitative(lowered: Lowered, spec: Spec, options: GenProverOptions, lo: fl
     stop = smooth[0] if smooth else len(lowered.nodes)
     lo_t, hi_t = torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64)
     pieces = start(lowered, lo_t, hi_t)
-    pieces.max_bytes = options.max_memory_gb * 1024**3
+    pieces.max_bytes = options.max_memory_gb * GIB
     try:
         pieces = propagate(lowered, pieces, stop=stop, max_points=options.max_pieces + 1)
     except MemoryLimit as exc:

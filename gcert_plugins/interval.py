@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import gcert
-from gcert.bounds import Box, forward_boxes, spec_rows
+from gcert.bounds import Box, forward_boxes, spec_margin_bound
 from gcert.contracts import Certifier, Outcome
 from gcert.errors import GcertError
 from gcert.lowering import lower
@@ -50,8 +50,7 @@ class IntervalCertifier(Certifier):
 
 def margin_bound(problem: Problem, lo: torch.Tensor, hi: torch.Tensor) -> float:
     """A sound lower bound of the spec margin of N over the box [lo, hi] of t."""
-    out = forward_boxes(problem.lowered(), {-1: Box(lo.reshape(1, -1).double(), hi.reshape(1, -1).double())})
-    return float(problem.spec.reduce(spec_rows(problem.spec.C, problem.spec.d, out).lo)[0])
+    return spec_margin_bound(problem.lowered(), problem.spec, lo, hi)
 
 
 @torch.no_grad()
