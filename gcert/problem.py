@@ -5,6 +5,7 @@ Every certifier receives the same :class:`ComposedNetwork`, built once per probl
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,7 @@ class Problem:
     def dtype(self) -> torch.dtype:
         """The precision the model runs in: its network's (else its generator's) parameters, float32 by default."""
         for module in (self.network, self.generator):
-            for p in (*module.parameters(), *module.buffers()):
+            for p in itertools.chain(module.parameters(), module.buffers()):  # lazily: called per forward pass
                 if p.is_floating_point():
                     return p.dtype
         return torch.float32
