@@ -166,6 +166,9 @@ _JOB_OPTIONS = [
                  "fewer workers start when they would not fit."),
     click.option("--recompute-stale", is_flag=True,
                  help="Replace records in --out computed with other settings or inputs, instead of refusing."),
+    click.option("--timeout", type=float, default=None,
+                 help="Seconds per task, for every certifier: a task past it is recorded as unknown (retried on "
+                 "a rerun) and the run goes on."),
     click.option("--plugin", "extra_plugins", multiple=True, help="Also load this module as a plugin."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
 ]
@@ -201,6 +204,46 @@ def tolerance(steps: int, **options: Any) -> None:
     _execute(options, tolerance_steps=steps)
 
 
+_NOT_FOR_EXPORT = {"certifiers", "workers", "threads", "option_items", "max_memory", "recompute_stale", "quiet"}
+"""Options of `gcert run` that say how to certify, not what: `gcert export` has every other one."""
+
+
+def _task_options(fn: Any) -> Any:
+    for option in reversed(_JOB_OPTIONS):
+        def probe() -> None: ...
+        option(probe)
+        if probe.__click_params__[0].name not in _NOT_FOR_EXPORT:  # type: ignore[attr-defined]
+            fn = option(fn)
+    return fn
+
+
+@cli.command("export")
+@_task_options
+@click.option("--delta", default=None, help="Mutation strength(s), comma-separated, as for `gcert run`.")
+@click.option("--out", default="gcert-export", show_default=True, type=click.Path(),
+              help="A new or empty folder: onnx/, vnnlib/, instances.csv and gcert-export.json go in it.")
+def export_cmd(**o: Any) -> None:
+    """Write every task as a VNN-COMP instance: N(t) = f(G(embed(t))) as ONNX and its spec as VNN-LIB."""
+    from gcert.export import check_export_folder, export_tasks
+    from gcert.plugins import PluginSettings
+    from gcert.runner import Context, RunConfig
+
+    if not o["mutations"] and not o["vnnlib"]:
+        raise GcertError("give --mutation (see `gcert list`) or --vnnlib PROPERTY")
+    check_export_folder(o["out"])
+    config = RunConfig(
+        vnnlib=tuple(o["vnnlib"]), mutations=o["mutations"], certifiers=(), model=o["model"], data=o["data"],
+        deltas=_floats(o["delta"], "--delta"), mean=_floats(o["mean"], "--mean"), std=_floats(o["std"], "--std"),
+        input_shape=_ints(o["input_shape"], "--input-shape"), limit=o["limit"], labels=o["labels"],
+        tau=_finite(o["tau"], "--tau"), plugins=PluginSettings.from_env(extra=o["extra_plugins"]),
+        allow_extrapolation=o["allow_extrapolation"], timeout=_finite(o["timeout"], "--timeout"),
+    )
+    instances = export_tasks(Context(config), o["out"], config.timeout)
+    networks = len({i.onnx for i in instances})
+    click.echo(f"wrote {len(instances)} instances ({networks} networks) to {o['out']}: instances.csv lists them "
+               "as VNN-COMP does (onnx, vnnlib, timeout)", err=True)
+
+
 def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
     _SIGNALLED.clear()
     main_thread = threading.current_thread() is threading.main_thread()
@@ -232,6 +275,7 @@ def _execute_job(o: dict[str, Any], tolerance_steps: int | None) -> None:
         input_shape=_ints(o["input_shape"], "--input-shape"), limit=o["limit"], labels=o["labels"],
         tau=_finite(o["tau"], "--tau"), tolerance_steps=tolerance_steps,
         plugins=PluginSettings.from_env(extra=o["extra_plugins"]), allow_extrapolation=o["allow_extrapolation"],
+        timeout=_finite(o["timeout"], "--timeout"),
     )
     ctx = Context(config)
     for line in ctx.registry.problems + [f"plugin {p.name}: {p.error}" for p in ctx.registry.plugins if p.error]:

@@ -45,6 +45,7 @@ from gcert.problem import Problem
 from gcert.regions import Box, Reshape
 from gcert.spec import Spec
 from gcert.strength import check_strengths, extrapolation_note
+from gcert.timeouts import TaskTimeout, time_limit
 from gcert.vnnlib import Property, read_vnnlib
 from gcert.witness import apply_outcome as _apply
 from gcert.witness import confirm_witness  # noqa: F401 - part of the runner's API
@@ -70,6 +71,7 @@ class RunConfig:
     vnnlib: tuple[str, ...] = ()  # VNN-LIB properties: each is one input box and spec (no data, no mutations)
     plugins: PluginSettings = field(default_factory=PluginSettings.from_env)
     allow_extrapolation: bool = False  # strengths beyond a generator's trained range (noted in each record)
+    timeout: float | None = None  # seconds per task (--timeout); a task past it is recorded as unknown
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class Context:
         if config.tau is not None and not (math.isfinite(config.tau) and config.tau > 0):
             raise InputError(f"--tau {config.tau:g} must be a finite number > 0: the allowed change of a regressor's "
                              "output, in its unit (e.g. --tau 2)")
+        if config.timeout is not None and not (math.isfinite(config.timeout) and config.timeout > 0):
+            raise InputError(f"--timeout {config.timeout:g} must be a finite number of seconds > 0, e.g. --timeout 60")
         if config.tolerance_steps is not None and config.tolerance_steps < 0:
             raise InputError(f"--steps {config.tolerance_steps} must be >= 0")
         for name, options in self.options.items():
@@ -320,10 +324,22 @@ class Context:
         return (self.config.deltas or self.mutations[mutation].default_deltas)[0]
 
     def solve(self, task: Task) -> Certificate:
-        """Run one task (or its tolerance search); failures become records with an ``error``."""
-        if self.config.tolerance_steps is not None:
-            return self.tolerance(task, self.config.tolerance_steps)
-        return self.certify(task)
+        """Run one task (or its tolerance search); failures become records with an ``error``.
+
+        Under ``config.timeout`` a task past its limit is an ``unknown`` record whose ``error`` says so: like
+        every error record it is computed again on a rerun (so the limit is not part of the identity).
+        """
+        start = time.perf_counter()
+        try:
+            with time_limit(self.config.timeout):
+                if self.config.tolerance_steps is not None:
+                    return self.tolerance(task, self.config.tolerance_steps)
+                return self.certify(task)
+        except TaskTimeout as exc:
+            cert = self.blank(task, str(exc))
+            cert.details["reason"] = str(exc)
+            cert.seconds = round(time.perf_counter() - start, 6)
+            return cert
 
     def tolerance(self, task: Task, steps: int) -> Certificate:
         """The largest certified strength in [0, task.delta] (DeepCert's Algorithm 1 for sound certifiers).

@@ -34,7 +34,15 @@ _VAR = re.compile(r"^([XY])_(\d+)$")
 _COMPARISONS = ("<=", ">=", "<", ">")
 MAX_DISJUNCTS = 10_000
 
-Atom = tuple[str, Any, Any]  # (op, lhs, rhs): lhs/rhs are variable names or Fractions
+Atom = tuple[str, Any, Any]  # (op, lhs, rhs): lhs/rhs are variable names, Fractions or Linear terms
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A linear term ``sum coef * var + const`` read from ``(+ ...)``, ``(- ...)`` and ``(* c v)`` (exact)."""
+
+    terms: tuple[tuple[str, Fraction], ...]
+    const: Fraction = Fraction(0)
 
 
 @dataclass
@@ -157,10 +165,10 @@ def _count(indices: set[int], kind: str, path: object) -> int:
     return n
 
 
-def _term(token: object, declared: dict[str, set[int]], path: object) -> str | Fraction:
+def _term(token: object, declared: dict[str, set[int]], path: object) -> str | Fraction | Linear:
     if isinstance(token, list):
-        raise InputError(f"{path}: comparison operands must be variables or numbers, got {_show(token)}")
-    m = _VAR.match(token)
+        return _linear(token, declared, path)
+    m = _VAR.match(str(token))
     if m:
         if int(m.group(2)) not in declared[m.group(1)]:
             raise InputError(f"{path}: {token} is used but not declared")
@@ -170,6 +178,47 @@ def _term(token: object, declared: dict[str, set[int]], path: object) -> str | F
     except (ValueError, ZeroDivisionError):
         raise InputError(f"{path}: expected a variable or a finite number, got {token!r}") from None
     return value
+
+
+def _linear(e: list[Any], declared: dict[str, set[int]], path: object) -> Linear:
+    """A compound operand: sums, differences and products by a constant of variables and numbers."""
+    head, args = (e[0] if e else None), e[1:]
+    parts = [_as_linear(_term(a, declared, path)) for a in args]
+    if head == "+" and parts:
+        coefs: dict[str, Fraction] = {}
+        for p in parts:
+            for v, c in p.terms:
+                coefs[v] = coefs.get(v, Fraction(0)) + c
+        return Linear(tuple(coefs.items()), sum((p.const for p in parts), Fraction(0)))
+    if head == "-" and len(parts) in (1, 2):
+        neg = _scaled(parts[-1], Fraction(-1))
+        return neg if len(parts) == 1 else _sum(parts[0], neg)
+    if head == "*" and len(parts) == 2:
+        a, b = parts
+        if not a.terms:
+            return _scaled(b, a.const)
+        if not b.terms:
+            return _scaled(a, b.const)
+        raise InputError(f"{path}: {_show(e)} multiplies two variables; VNN-LIB properties are linear")
+    raise InputError(f"{path}: unsupported term {_show(e)}; gcert reads variables, numbers, (+ ...), (- ...) "
+                     "and (* number variable)")
+
+
+def _as_linear(t: str | Fraction | Linear) -> Linear:
+    if isinstance(t, Linear):
+        return t
+    return Linear(((t, Fraction(1)),)) if isinstance(t, str) else Linear((), t)
+
+
+def _scaled(t: Linear, k: Fraction) -> Linear:
+    return Linear(tuple((v, c * k) for v, c in t.terms), t.const * k)
+
+
+def _sum(a: Linear, b: Linear) -> Linear:
+    coefs = dict(a.terms)
+    for v, c in b.terms:
+        coefs[v] = coefs.get(v, Fraction(0)) + c
+    return Linear(tuple(coefs.items()), a.const + b.const)
 
 
 def _dnf(e: object, declared: dict[str, set[int]], path: object) -> list[list[Atom]]:
@@ -200,7 +249,8 @@ def _and(a: list[list[Atom]], b: list[list[Atom]], path: object) -> list[list[At
 
 
 def _kinds(atom: Atom) -> set[str]:
-    return {t[0] for t in atom[1:] if isinstance(t, str)}
+    out = {t[0] for t in atom[1:] if isinstance(t, str)}
+    return out | {v[0] for t in atom[1:] if isinstance(t, Linear) for v, _ in t.terms}
 
 
 # --- the box and the spec ------------------------------------------------------------------------------
@@ -214,6 +264,9 @@ def _box(atoms: frozenset[Atom], n_x: int, path: object) -> tuple[Bounds, Bounds
     lo: list[Fraction | None] = [None] * n_x
     hi: list[Fraction | None] = [None] * n_x
     for op, a, b in atoms:
+        if isinstance(a, Linear) or isinstance(b, Linear):
+            raise InputError(f"{path}: input constraint ({op} ...) is a linear term; gcert reads input boxes, each "
+                             "bound comparing one X_i with a number")
         if isinstance(a, str) and isinstance(b, str):
             raise InputError(f"{path}: input constraint ({op} {a} {b}) relates two inputs; gcert reads input boxes")
         var, value, upper = (a, b, op in ("<=", "<")) if isinstance(a, str) else (b, a, op in (">=", ">"))
@@ -255,10 +308,13 @@ def _safe_spec(unsafe: list[list[Atom]], n_y: int, path: object) -> Spec:
             coeffs = [Fraction(0)] * n_y
             const = Fraction(0)
             for term, sign in ((pos, 1), (neg, -1)):
-                if isinstance(term, str):
-                    coeffs[_var(term, path)[1]] += sign
-                else:
-                    const += sign * term
+                for var, coef in _as_linear(term).terms:
+                    coeffs[_var(var, path)[1]] += sign * coef
+                const += sign * _as_linear(term).const
+            inexact = next((c for c in coeffs if Fraction(float(c)) != c), None)
+            if inexact is not None:
+                raise InputError(f"{path}: output coefficient {inexact} is not exactly a float64 number; write "
+                                 "coefficients a float64 holds (e.g. 0.5, not 0.1)")
             key = (tuple(float(c) for c in coeffs), _round(const, down=True))
             if not math.isfinite(key[1]):
                 raise InputError(f"{path}: an output constant is too large for float64")
@@ -295,7 +351,14 @@ def _evaluate(e: Any, xs: list[Fraction], ys: list[Fraction], path: object) -> b
     return {"<=": a <= b, ">=": a >= b, "<": a < b, ">": a > b}[head]
 
 
-def _value(token: str, xs: list[Fraction], ys: list[Fraction]) -> Fraction:
+def _value(token: Any, xs: list[Fraction], ys: list[Fraction]) -> Fraction:
+    if isinstance(token, list):
+        head, args = token[0], [_value(a, xs, ys) for a in token[1:]]
+        if head == "+":
+            return sum(args, Fraction(0))
+        if head == "-":
+            return -args[0] if len(args) == 1 else args[0] - args[1]
+        return args[0] * args[1]  # "*": the reader accepted only a number times a term
     m = _VAR.match(token)
     if m is None:
         return Fraction(token)
