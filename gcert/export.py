@@ -343,7 +343,7 @@ def export_tasks(ctx: Any, out: str | Path, timeout: float | None = None,
     (folder / "vnnlib").mkdir(exist_ok=True)
     seen: dict[str, str] = {}
     instances: list[Instance] = []
-    for (index, input_id, mutation, delta), problem in zip(tasks, problems, strict=True):
+    for (_index, input_id, mutation, delta), problem in zip(tasks, problems, strict=True):
         name = _safe(f"{input_id}_{mutation}_{delta:g}")
         while f"vnnlib/{name}.vnnlib" in {i.vnnlib for i in instances}:
             name += "_"
