@@ -33,6 +33,12 @@ def remaining() -> float | None:
     return None if current is None else max(0.0, current[0] - time.monotonic())
 
 
+def limit() -> float | None:
+    """The current task's limit in seconds, as given (None: no limit)."""
+    current = _DEADLINE.get()
+    return None if current is None else current[1]
+
+
 def check() -> None:
     """Raise :class:`TaskTimeout` if the current task's limit has passed (for cooperative loops)."""
     current = _DEADLINE.get()
