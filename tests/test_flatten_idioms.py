@@ -56,6 +56,8 @@ def test_every_certifier_takes_the_idiom(name, idiom):
     net = network(idiom)
     x0 = torch.rand(1, 6, 6, generator=torch.Generator().manual_seed(2))
     label = int(net(x0[None]).argmax())
+    if name == "vnncomp":
+        pytest.skip("vnncomp runs the external tool its -o command names (tests/test_vnncomp.py)")
     certifier = REGISTRY.certifier(name)
     region = Segment(x0, (x0 + 0.05).clamp(0, 1)) if certifier.max_dim == 1 else LpBall(x0, 0.01, math.inf)
     problem = Problem(net, nn.Identity(), region, Spec.top1(label, 3))
