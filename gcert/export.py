@@ -166,7 +166,6 @@ def _plain_arithmetic(model: onnx.ModelProto) -> None:
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     minus_one = "gcert_minus_one"
     nodes: list[onnx.NodeProto] = []
-    used_minus_one = False
     for i, node in enumerate(graph.node):
         if node.op_type == "Sub" and node.input[1] in constants and node.input[0] not in constants:
             name = f"gcert_neg_{i}"
@@ -177,22 +176,56 @@ def _plain_arithmetic(model: onnx.ModelProto) -> None:
             x = node.input[1] if node.op_type == "Sub" else node.input[0]
             scaled = f"gcert_scaled_{i}" if node.op_type == "Sub" else node.output[0]
             nodes.append(helper.make_node("Mul", [x, minus_one], [scaled]))
-            used_minus_one = True
             if node.op_type == "Sub":
                 nodes.append(helper.make_node("Add", [scaled, node.input[0]], list(node.output)))
+        elif node.op_type == "LeakyRelu" and not 0 < _alpha(node) < 1:
+            # leaky_relu(x, a) = (1 - a) relu(x) + a x: some tools (Marabou) read LeakyRelu only for 0 < a < 1
+            alpha, p = _alpha(node), f"gcert_leaky_{i}"
+            graph.initializer.append(numpy_helper.from_array(np.array(1.0 - alpha, dtype=np.float32), p + "_k"))
+            graph.initializer.append(numpy_helper.from_array(np.array(alpha, dtype=np.float32), p + "_a"))
+            nodes += [helper.make_node("Relu", [node.input[0]], [p + "_r"]),
+                      helper.make_node("Mul", [p + "_r", p + "_k"], [p + "_rk"]),
+                      helper.make_node("Mul", [node.input[0], p + "_a"], [p + "_xa"]),
+                      helper.make_node("Add", [p + "_rk", p + "_xa"], list(node.output))]
         elif node.op_type == "Clip" and all(n in constants for n in node.input[1:] if n):
             nodes += _clip_as_relus(node, constants, graph, f"gcert_clip_{i}", minus_one)
-            used_minus_one = True
         else:
             nodes.append(node)
-    if used_minus_one:
-        graph.initializer.append(numpy_helper.from_array(np.array(-1.0, dtype=np.float32), minus_one))
+    graph.initializer.append(numpy_helper.from_array(np.array(-1.0, dtype=np.float32), minus_one))
+    graph.initializer.append(numpy_helper.from_array(np.array(1.0, dtype=np.float32), "gcert_one"))
+    nodes = _private_constant_adds(nodes, constants | {i.name: None for i in graph.initializer})
     used = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
     del graph.node[:]
     graph.node.extend(n for n in nodes if n.op_type != "Constant" or n.output[0] in used)
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def _private_constant_adds(nodes: list[onnx.NodeProto], constants: dict[str, Any]) -> list[onnx.NodeProto]:
+    """Give every ``x + c`` (c constant) whose ``x`` has other consumers its own copy ``x * 1`` first.
+
+    Marabou's parser folds ``x + c`` into the equation that defines ``x`` when there is one, which changes ``x``
+    for its other consumers too; with a private copy the fold touches only the copy.
+    """
+    consumers: dict[str, int] = {}
+    for n in nodes:
+        for name in n.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    out: list[onnx.NodeProto] = []
+    for i, n in enumerate(nodes):
+        if n.op_type == "Add" and len(n.input) == 2:
+            var = [x for x in n.input if x not in constants]
+            if len(var) == 1 and consumers.get(var[0], 0) > 1:
+                copy_name = f"gcert_copy_{i}"
+                out.append(helper.make_node("Mul", [var[0], "gcert_one"], [copy_name]))
+                n = helper.make_node("Add", [copy_name if x == var[0] else x for x in n.input], list(n.output))
+        out.append(n)
+    return out
+
+
+def _alpha(node: onnx.NodeProto) -> float:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "alpha"), 0.01)
 
 
 def _clip_as_relus(node: onnx.NodeProto, constants: dict[str, np.ndarray], graph: onnx.GraphProto, prefix: str,
@@ -213,6 +246,9 @@ def _clip_as_relus(node: onnx.NodeProto, constants: dict[str, np.ndarray], graph
 
     if a is None and b is None:
         return [helper.make_node("Identity", [x], [y])]
+    if a is not None and b is not None and bool(np.any(a > b)):  # min > max: every value is max (torch, ONNX)
+        op("Add", [op("Mul", [x, const("zero", np.zeros((), np.float32))], f"{prefix}_z"), const("hi", b)], y)
+        return out
     if b is None:
         r = op("Relu", [op("Add", [x, const("neg_lo", -a)], f"{prefix}_s")], f"{prefix}_r")
         op("Add", [r, const("lo", a)], y)

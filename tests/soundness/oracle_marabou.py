@@ -1,22 +1,30 @@
-"""Hook for the independent complete verifier of issue 16 (Marabou through ``adapters/marabou``).
+"""Marabou (``adapters/marabou``, maraboupy 2.0) as a certifier under the harness's exact oracles.
 
-It does not exist yet. When it lands, :func:`marabou_evidence` should answer, for a piecewise-linear case,
-"is there a point of the region where the spec fails?" from Marabou's own solver (not gcert's lowering), and
-the differential tests compare every certifier's verdict with it. Until then :func:`available` is False and
-the test that uses it (``test_differential.py::test_marabou_oracle``) is skipped with the reason below.
+Marabou shares no code with gcert's engines (it reads the ONNX that :mod:`gcert.export` writes, with its own
+parser and its own SMT search), so on piecewise-linear cases its verdicts are judged against the exact rational
+oracle, exact line and the VNN-LIB evaluator like a complete certifier: ``test_differential.py::test_marabou``
+(a derandomized slice) and ``::test_marabou_fuzz`` (the long run). Skipped where maraboupy is not installed.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
-REASON = "issue 16's independent complete verifier (maraboupy + adapters/marabou) is not installed"
+REASON = "Marabou is not installed (pip install maraboupy==2.0 onnx onnxruntime; pip install -e adapters/marabou)"
+FAMILIES = ("fc", "fc-1d", "vnnlib")
+"""The piecewise-linear families, where the harness's oracles are exact and Marabou is complete."""
 
 
 def available() -> bool:
-    return importlib.util.find_spec("maraboupy") is not None and importlib.util.find_spec("gcert_marabou") is not None
+    if importlib.util.find_spec("maraboupy") is None or importlib.util.find_spec("gcert_marabou") is None:
+        return False
+    from gcert_marabou import plugin
+
+    return plugin.available()
 
 
-def marabou_evidence(case: object) -> object:  # pragma: no cover - filled in with issue 16
-    """Decide ``case`` with Marabou: a counterexample point (the spec fails there) or None (the spec holds)."""
-    raise NotImplementedError("wire Marabou in here once issue 16's adapter exists")
+def certifiers() -> dict[str, Any]:
+    from gcert_marabou.plugin import MarabouCertifier
+
+    return {"marabou": MarabouCertifier()}
