@@ -49,6 +49,7 @@ from _report import write_report
 
 from gcert.certificate import read_certificates
 from gcert.data import conformance_dir
+from gcert.errors import GcertError
 from gcert.plugins import PluginSettings
 from gcert.runner import RunConfig, run
 
@@ -225,11 +226,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="a VNN-COMP results repository (one folder per tool); replaces consensus.csv")
     ap.add_argument("--limit", type=int, default=None, help="instances per benchmark")
     ap.add_argument("--workers", type=int, default=None, help="gcert.runner.run workers (default: automatic)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per instance (gcert's --timeout)")
+    ap.add_argument("-o", "--option", action="append", default=[],
+                    help="certifier option certifier.key=value (repeatable), as gcert run -o")
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/results/vnncomp"))
     ap.add_argument("--name", default="vnncomp", help="report name (benchmarks/results/NAME.json and .md)")
     ap.add_argument("--out", type=Path, default=None, help="folder for NAME.json and .md (default benchmarks/results)")
     args = ap.parse_args(argv)
     certifiers = tuple(args.certifiers.split(","))
+    options: dict[str, dict[str, str]] = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        cert, _, key = key.rpartition(".")
+        options.setdefault(cert or certifiers[0], {})[key] = value
+    refused: list[str] = []
     args.workdir.mkdir(parents=True, exist_ok=True)
     unpack = args.workdir / "unpacked"
 
@@ -281,9 +291,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for net, props in by_net.items():
             out = args.workdir / f"{bench}-{net.stem}.jsonl"
             config = RunConfig(mutations=(), certifiers=certifiers, model=str(net), vnnlib=tuple(map(str, props)),
-                               plugins=PluginSettings.from_env())
+                               plugins=PluginSettings.from_env(), timeout=args.timeout, options=options)
             start = time.perf_counter()
-            run(config, out, workers=args.workers, progress=True)
+            try:
+                run(config, out, workers=args.workers, progress=True)
+            except GcertError as exc:  # a certifier refuses the network (e.g. an op it does not read)
+                print(f"{bench} {net.name}: refused: {exc}", flush=True)
+                refused.append(f"{bench} {net.name}: {exc}")
+                for name in certifiers:
+                    stats[name]["instances"] += len(props)
+                    stats[name]["unknown"] += len(props)
+                    stats[name]["refused"] += len(props)
+                continue
             print(f"{bench} {net.name}: {len(props)} properties in {time.perf_counter() - start:.1f} s", flush=True)
             names = {prop.name for prop in props}
             for cert in read_certificates(out):
@@ -315,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "ERAN (published)": ERAN_PUBLISHED.get(bench, ""), **per_tool}
             rows.append({c: row[c] for c in columns})
 
-    extra = {"unsound": unsound}
+    extra = {"unsound": unsound, "refused": refused, "timeout": args.timeout, "options": options}
     if tools:
         extra |= {"results_dir": str(args.results_dir), "tools": list(tools), "conflicts": conflicts}
     json_path, md_path = write_report(args.name, title, columns, rows, notes=notes, out=args.out, extra=extra)

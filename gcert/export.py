@@ -178,6 +178,13 @@ def _plain_arithmetic(model: onnx.ModelProto) -> None:
             nodes.append(helper.make_node("Mul", [x, minus_one], [scaled]))
             if node.op_type == "Sub":
                 nodes.append(helper.make_node("Add", [scaled, node.input[0]], list(node.output)))
+        elif node.op_type == "Div" and node.input[1] in constants and constants[node.input[1]].size == 1 \
+                and node.input[0] not in constants:
+            # x / c as x * (1/c), 1/c rounded to float32 (relative change at most 2^-24): tools read Mul
+            name = f"gcert_reciprocal_{i}"
+            value = np.asarray(1.0 / constants[node.input[1]].astype(np.float64), dtype=np.float32).reshape(())
+            graph.initializer.append(numpy_helper.from_array(value, name))
+            nodes.append(helper.make_node("Mul", [node.input[0], name], list(node.output)))
         elif node.op_type == "LeakyRelu" and not 0 < _alpha(node) < 1:
             # leaky_relu(x, a) = (1 - a) relu(x) + a x: some tools (Marabou) read LeakyRelu only for 0 < a < 1
             alpha, p = _alpha(node), f"gcert_leaky_{i}"
