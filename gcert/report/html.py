@@ -88,8 +88,11 @@ def write_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str
     shown = set(inputs[:max_inputs])
     if len(inputs) > max_inputs:
         summary.notes.append(f"details of the first {max_inputs} of {len(inputs)} inputs (--max-inputs)")
-    parts.append("<h2>Per input</h2>")
-    for n, ((input_id, mutation, delta), group) in enumerate(groups):
+    parts += _attention(groups, shown)
+    parts.append("<h2>Per input</h2><p class='note'>tasks not certified by every certifier first</p>")
+    order = sorted(range(len(groups)), key=lambda n: all(c.verdict == "certified" for c in groups[n][1]))
+    for n in order:
+        (input_id, _mutation, _delta), group = groups[n]
         if input_id in shown:
             parts += _task_section(n, group, ctx, img, summary)
     body = "\n".join(parts)
@@ -169,6 +172,7 @@ def _task_section(n: int, group: list[Certificate], ctx: Context | None, img: Pa
                 summary.drawn += 1
             except Exception as exc:  # noqa: BLE001 - one task that cannot be drawn must not lose the page
                 out.append(f"<p class='note'>not drawn: {_e(one_line(exc))}</p>")
+    out.append("<div class='row'><div>")
     if "strip" in drawn:
         out.append(f"<p class='note'>the input, then G along the segment at t = 0 .. 1 ({images.STRIP_STEPS} "
                    "steps); a red mark under the strip is where a witness violates the spec</p>"
@@ -185,12 +189,15 @@ def _task_section(n: int, group: list[Certificate], ctx: Context | None, img: Pa
                    f"<td>{_num(c.max_delta)}</td><td>{wt}</td><td>{_num(c.seconds, 3)}</td>"
                    f"<td class='l'>{_e(c.error or '')}</td></tr>")
     out.append("</table><div class='row'>")
+    witnesses = []
     for c in group:
         name = drawn.get(f"witness:{c.certifier}")
         if name:
-            out.append(f"<div><p class='note'>{_e(c.certifier)}: input | witness at t={_num(c.witness.t[0])} "
-                       f"(margin {_num(c.witness.margin)})</p><img src='img/{name}' alt='witness of "
-                       f"{_e(c.certifier)}'></div>")
+            witnesses.append(f"<div><p class='note'>{_e(c.certifier)}: input | witness at t={_num(c.witness.t[0])} "
+                             f"(margin {_num(c.witness.margin)})</p><img src='img/{name}' alt='witness of "
+                             f"{_e(c.certifier)}'></div>")
+    out += witnesses
+    out.append("</div></div>")
     lo, hi = drawn.get("range", (0.0, 1.0))  # type: ignore[misc]
     if first.region.get("dim", 1) == 1:
         name = f"task-{n}-margin.png"
@@ -199,3 +206,18 @@ def _task_section(n: int, group: list[Certificate], ctx: Context | None, img: Pa
                        f"alt='margin along t of {_e(first.input)}'></div>")
     out.append("</div></section>")
     return out
+
+
+def _attention(groups: list[tuple[tuple[str, str, float], list[Certificate]]], shown: set[str]) -> list[str]:
+    """Links to the tasks a person should look at first: any verdict other than certified, or an error."""
+    items = []
+    for n, ((input_id, mutation, delta), group) in enumerate(groups):
+        if all(c.verdict == "certified" and c.error is None for c in group):
+            continue
+        verdicts = ", ".join(f"{c.certifier} {c.verdict}" + (" (error)" if c.error else "") for c in group)
+        target = f"<a href='#task-{n}'>{_e(input_id)}</a>" if input_id in shown else _e(input_id)
+        items.append(f"<li>{target}: {_e(mutation)} delta={delta:g}: {_e(verdicts)}</li>")
+    if not items:
+        return ["<p class='note'>Every certifier certified every task.</p>"]
+    more = f" (first 200 of {len(items)})" if len(items) > 200 else ""
+    return [f"<h2>Tasks not certified by every certifier{more}</h2><ul>", *items[:200], "</ul>"]

@@ -33,7 +33,7 @@ def margin_plot(certs: list[Certificate], path: str | os.PathLike[str], lo: floa
     witness, with the line margin = 0.
     """
     plt = require_matplotlib()
-    fig, ax = plt.subplots(figsize=(6.4, 2.8), dpi=80)
+    fig, ax = plt.subplots(figsize=(5.6, 2.8), dpi=80)
     drawn = False
     focus: list[float] = []  # values the y axis must show (curves, samples, witnesses); bounds may fall below
     for i, c in enumerate(sorted(certs, key=lambda c: c.certifier)):
@@ -75,7 +75,7 @@ def margin_plot(certs: list[Certificate], path: str | os.PathLike[str], lo: floa
         pad = 0.15 * (top - bottom or 1.0)
         low = min(ax.get_ylim()[0], bottom - pad)
         ax.set_ylim(max(low, bottom - 2 * (top - bottom + pad)), top + pad)
-    ax.set_xlim(lo, hi)
+    ax.set_xlim(lo - 0.02 * (hi - lo or 1.0), hi + 0.02 * (hi - lo or 1.0))  # a witness at an end stays visible
     ax.set_xlabel("t along the segment")
     ax.set_ylabel("spec margin")
     ax.legend(fontsize=7, loc="best")
