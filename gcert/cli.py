@@ -221,8 +221,8 @@ def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
 def _execute_job(o: dict[str, Any], tolerance_steps: int | None) -> None:
     from gcert.certificate import check_out_path, check_results_file
     from gcert.plugins import PluginSettings
-    from gcert.resources import max_memory_gb
     from gcert.report import check_report_dir
+    from gcert.resources import max_memory_gb
     from gcert.runner import Context, RunConfig, check_executor
     from gcert.runner import run as run_jobs
 

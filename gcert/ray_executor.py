@@ -9,6 +9,7 @@ duplicated record.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -116,10 +117,8 @@ def _dispatch(ray: Any, ctx: Context, tasks: list[Task], record: Callable[[Certi
                 record(cert)
     except BaseException:
         for ref in running:
-            try:
+            with contextlib.suppress(Exception):  # already finished, or its worker already gone
                 ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001, S110 - already finished or its worker already gone
-                pass
         raise
 
 
