@@ -8,7 +8,6 @@ a concrete point violates the spec, or the budget of pieces is spent.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,14 +41,7 @@ def piece_bounds(heap: list[tuple[float, float, float]], cap: int = PIECE_BOUNDS
     while len(pieces) > cap:
         pieces = [[p[0], q[1], min(p[2], q[2])] if q else p
                   for p, q in zip(pieces[::2], pieces[1::2] + [None], strict=False)]
-    return [[float(f"{a:.9g}"), float(f"{b:.9g}"), _round_down(m)] for a, b, m in pieces]
-
-
-def _round_down(value: float) -> float:
-    """``value`` to 9 significant digits, never above it (a lower bound stays one)."""
-    out = float(f"{value:.9g}")
-    return out if out <= value else float(torch.nextafter(torch.tensor(out, dtype=torch.float64),
-                                                          torch.tensor(-math.inf, dtype=torch.float64)))
+    return [[float(a), float(b), float(m)] for a, b, m in pieces]  # unrounded: each stays a bound on its piece
 
 
 def bisect(lower_bound: Callable[[float, float], float], margins_at: Callable[[Tensor], Tensor],
