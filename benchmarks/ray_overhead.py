@@ -45,6 +45,7 @@ def main() -> None:
     import ray
 
     rows, reference = [], None
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         walls: dict[str, list[float]] = {"in-process (1 worker)": [], "local pool (2 workers)": [],
                                          "ray (2 workers)": []}
@@ -70,6 +71,7 @@ def main() -> None:
             agree &= verdicts == reference
             walls["ray (2 workers)"].append(wall)
             work["ray (2 workers)"].append(busy)
+    load = (load_before, os.getloadavg()[0])
     pool = statistics.median(walls["local pool (2 workers)"])
     for name, values in walls.items():
         wall = statistics.median(values)
@@ -84,13 +86,14 @@ def main() -> None:
              "(wall x workers - sum of the records' seconds) / 40: time a worker slot spent not certifying "
              "(start-up, context build, scheduling, transfers). vs_local_pool_per_task_ms = (wall - local pool "
              f"wall) / 40. Ray start-up (ray.init of a local 2-CPU instance), not in the timed run: median "
-             f"{statistics.median(starts):.2f} s. Verdicts identical to the in-process run: {agree}. A 2-core "
-             "machine shared with other jobs: differences of a few ms per task are noise.")
+             f"{statistics.median(starts):.2f} s. Verdicts identical to the in-process run: {agree}. Load average "
+             f"{load[0]:.1f} before, {load[1]:.1f} after, on {os.cpu_count()} CPUs: with other jobs running, the sum "
+             "of the records' seconds itself varies several-fold between runs, so compare walls within one run.")
     write_report("ray_overhead", "Local process pool vs Ray (2 workers): the same 40 tasks",
                  ["executor", "wall_s", "task_seconds_sum", "wall_per_task_ms", "overhead_per_task_ms",
                   "vs_local_pool_per_task_ms"], rows, notes,
                  extra={"ray_version": ray.__version__, "ray_start_s": starts, "walls": walls,
-                        "verdicts_agree": agree})
+                        "verdicts_agree": agree, "load_average": load})
     for row in rows:
         print(row)
     print(notes)
