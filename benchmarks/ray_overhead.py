@@ -35,6 +35,25 @@ def timed(out: Path, **kwargs) -> tuple[float, dict[str, str], float]:
     return wall, {c.key: c.verdict for c in certs}, sum(c.seconds for c in certs)
 
 
+def _noop() -> None:
+    return None
+
+
+def dispatch_ms(ray, n: int = 200) -> float:
+    """Ray's own cost of one task: submit ``n`` empty tasks (2 in flight per CPU, as the executor does) and wait."""
+    remote = ray.remote(num_cpus=1)(_noop)
+    ray.get([remote.remote() for _ in range(4)])  # workers started
+    start = time.perf_counter()
+    pending = []
+    for _ in range(n):
+        pending.append(remote.remote())
+        if len(pending) >= 4:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+    ray.get(pending)
+    return 1000 * (time.perf_counter() - start) / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -50,7 +69,7 @@ def main() -> None:
         walls: dict[str, list[float]] = {"in-process (1 worker)": [], "local pool (2 workers)": [],
                                          "ray (2 workers)": []}
         work: dict[str, list[float]] = {k: [] for k in walls}
-        starts = []
+        starts, dispatch = [], []
         agree = True
         for r in range(args.repeats):
             wall, verdicts, busy = timed(Path(tmp, f"in-{r}.jsonl"), workers=1)
@@ -66,6 +85,7 @@ def main() -> None:
             starts.append(time.perf_counter() - t0)
             try:
                 wall, verdicts, busy = timed(Path(tmp, f"ray-{r}.jsonl"), workers=2, executor="ray")
+                dispatch.append(dispatch_ms(ray))
             finally:
                 ray.shutdown()
             agree &= verdicts == reference
@@ -86,14 +106,16 @@ def main() -> None:
              "(wall x workers - sum of the records' seconds) / 40: time a worker slot spent not certifying "
              "(start-up, context build, scheduling, transfers). vs_local_pool_per_task_ms = (wall - local pool "
              f"wall) / 40. Ray start-up (ray.init of a local 2-CPU instance), not in the timed run: median "
-             f"{statistics.median(starts):.2f} s. Verdicts identical to the in-process run: {agree}. Load average "
+             f"{statistics.median(starts):.2f} s. Ray's own cost per task (200 empty tasks, 4 in flight, on the warm "
+             f"instance): median {statistics.median(dispatch):.2f} ms. Verdicts identical to the in-process run: "
+             f"{agree}. Load average "
              f"{load[0]:.1f} before, {load[1]:.1f} after, on {os.cpu_count()} CPUs: with other jobs running, the sum "
              "of the records' seconds itself varies several-fold between runs, so compare walls within one run.")
     write_report("ray_overhead", "Local process pool vs Ray (2 workers): the same 40 tasks",
                  ["executor", "wall_s", "task_seconds_sum", "wall_per_task_ms", "overhead_per_task_ms",
                   "vs_local_pool_per_task_ms"], rows, notes,
-                 extra={"ray_version": ray.__version__, "ray_start_s": starts, "walls": walls,
-                        "verdicts_agree": agree, "load_average": load})
+                 extra={"ray_version": ray.__version__, "ray_start_s": starts, "ray_dispatch_ms": dispatch,
+                        "walls": walls, "verdicts_agree": agree, "load_average": load})
     for row in rows:
         print(row)
     print(notes)
