@@ -183,9 +183,11 @@ MARGIN_CURVE_POINTS = 1000
 def margin_curve(line: LineAnalysis, cap: int = MARGIN_CURVE_POINTS) -> dict[str, Any]:
     """The margin at the breakpoints, for plots: ``{"t": [...], "margin": [...], "exact": bool}``.
 
-    Every spec row is affine between two breakpoints, so these values (direct float64 forward passes, 9
-    significant digits) pin the whole curve. Over ``cap`` breakpoints it keeps both ends, the minimum, each
-    pair around a sign change and evenly spaced others, and says ``exact: false``.
+    The values are the analysis's own (direct float64 forward passes, to 9 significant digits). Between two
+    breakpoints every spec row is affine and its sign fixed, so the margin (their minimum) is concave there: at
+    least the straight line between its values at the ends, with its minimum at a breakpoint. Over ``cap``
+    breakpoints it keeps both ends, the minimum, each pair around a sign change and evenly spaced others, and says
+    ``exact: false``.
     """
     t, m = line.t.double(), line.margins.double()
     n = int(t.numel())
