@@ -183,3 +183,15 @@ def check_page_images(folder: Path) -> list[str]:
     page = _Page()
     page.feed((folder / "index.html").read_text(encoding="utf-8"))
     return page.images
+
+
+def test_pixel_ball_report_draws_the_witness_beside_the_input_and_no_strip(tmp_path):
+    out, folder = tmp_path / "linf.jsonl", tmp_path / "r"
+    assert _main("run", "-c", "sampling", "-m", "linf", "--delta", "0.3", "--limit", "2", "--workers", "1", "-q",
+                 "--out", str(out), "--report", str(folder)) == 0
+    assert {json.loads(line)["verdict"] for line in out.read_text().splitlines()} == {"falsified"}
+    page = check_page(folder)
+    assert sorted(page.images) == ["img/task-0-witness-sampling.png", "img/task-1-witness-sampling.png"]
+    with Image.open(folder / page.images[0]) as im:  # the input, a gap, the witness: two 8x8 tiles enlarged
+        assert im.width > 2 * im.height
+    assert "no strip and no margin along t" in (folder / "index.html").read_text()

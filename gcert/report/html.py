@@ -112,6 +112,10 @@ def _num(value: object, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
 
 
+def _count(n: int, cls: str) -> str:
+    return f"<td class='{cls}'>{n}</td>" if n else "<td>0</td>"
+
+
 def _summary_table(certs: list[Certificate]) -> list[str]:
     rows = summary_rows(certs)
     out = ["<h2>Summary per mutation, strength and certifier</h2>", "<table><tr><th class='l'>mutation</th>"
@@ -124,8 +128,8 @@ def _summary_table(certs: list[Certificate]) -> list[str]:
         out.append(
             f"<tr{cls}><td class='l'>{_e(r.mutation)}</td><td>{r.delta:g} {_e(r.unit)}</td>"
             f"<td class='l'>{_e(r.certifier)}</td><td class='l'>{_e(r.guarantee)}</td><td>{r.tasks}</td>"
-            f"<td class='ok'>{r.verdicts.get('certified', 0)}</td><td class='bad'>{r.verdicts.get('falsified', 0)}</td>"
-            f"<td class='unk'>{r.verdicts.get('unknown', 0)}</td><td>{r.errors}</td>"
+            f"{_count(r.verdicts.get('certified', 0), 'ok')}{_count(r.verdicts.get('falsified', 0), 'bad')}"
+            f"{_count(r.verdicts.get('unknown', 0), 'unk')}<td>{r.errors}</td>"
             f"<td>{r.median_seconds:.3g}</td><td>{r.total_seconds:.3g}</td><td>{agree}</td></tr>")
     out.append("</table>")
     out.append("<p class='note'>agreement: of the tasks this certifier decided (certified or falsified) and another "
@@ -173,6 +177,9 @@ def _task_section(n: int, group: list[Certificate], ctx: Context | None, img: Pa
             except Exception as exc:  # noqa: BLE001 - one task that cannot be drawn must not lose the page
                 out.append(f"<p class='note'>not drawn: {_e(one_line(exc))}</p>")
     out.append("<div class='row'><div>")
+    if first.region.get("dim", 1) != 1:
+        out.append(f"<p class='note'>the region is a {_e(first.region.get('kind', '?'))} of "
+                   f"{_e(first.region.get('dim'))} dimensions: no strip and no margin along t, only witnesses</p>")
     if "strip" in drawn:
         out.append(f"<p class='note'>the input, then G along the segment at t = 0 .. 1 ({images.STRIP_STEPS} "
                    "steps); a red mark under the strip is where a witness violates the spec</p>"
