@@ -1,6 +1,6 @@
-"""The Ray executor: a local Ray head on 127.0.0.1 with two worker CPUs, a worker killed mid-run, and the JSONL
-holding each task exactly once with the local pool's verdicts; Ctrl-C, and the rerun resumes. Skips without Ray (the ``ray``
-extra; ``tox -e ray`` runs it)."""
+"""The Ray executor: a local Ray head on 127.0.0.1 with two worker CPUs, a worker killed mid-run, then Ctrl-C; the
+rerun resumes, and the JSONL holds each task exactly once with the local run's verdicts. Skips without Ray (the
+``ray`` extra; ``tox -e ray`` runs it)."""
 
 from __future__ import annotations
 
