@@ -171,6 +171,12 @@ _JOB_OPTIONS = [
                  "a rerun) and the run goes on."),
     click.option("--plugin", "extra_plugins", multiple=True, help="Also load this module as a plugin."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="Where tasks run: a local process pool, or Ray (the `ray` extra)."),
+    click.option("--ray-address", default=None,
+                 help="An existing Ray cluster (`ray start --head` prints it); default: start a local one."),
+    click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
+                 help="Also write the HTML report of the results file into this folder at the end."),
 ]
 
 
@@ -258,14 +264,18 @@ def _execute(o: dict[str, Any], tolerance_steps: int | None) -> None:
 def _execute_job(o: dict[str, Any], tolerance_steps: int | None) -> None:
     from gcert.certificate import check_out_path, check_results_file
     from gcert.plugins import PluginSettings
+    from gcert.report import check_report_dir
     from gcert.resources import max_memory_gb
-    from gcert.runner import Context, RunConfig
+    from gcert.runner import Context, RunConfig, check_executor
     from gcert.runner import run as run_jobs
 
     if not o["mutations"] and not o["vnnlib"]:
         raise GcertError("give --mutation (see `gcert list`) or --vnnlib PROPERTY")
     check_out_path(o["out"])
     check_results_file(o["out"])
+    check_executor(o["executor"], o["ray_address"])
+    if o["report_dir"] is not None:
+        check_report_dir(o["report_dir"])
     max_memory = max_memory_gb(o["max_memory"])
     config = RunConfig(
         vnnlib=tuple(o["vnnlib"]), mutations=o["mutations"], certifiers=o["certifiers"], model=o["model"],
@@ -290,15 +300,20 @@ def _execute_job(o: dict[str, Any], tolerance_steps: int | None) -> None:
     out = o["out"]
     summary = run_jobs(config, out, workers=o["workers"], progress=not o["quiet"], context=ctx,
                        threads=o["threads"], max_memory=max_memory, recompute_stale=o["recompute_stale"],
-                       on_start=starting)
-    click.echo(_summary_text(summary, out), err=True)
+                       on_start=starting, executor=o["executor"], ray_address=o["ray_address"])
+    report = None
+    if o["report_dir"] is not None and not summary.interrupted:
+        from gcert.report import write_report
+
+        report = write_report(out, o["report_dir"], context=ctx).index
+    click.echo(_summary_text(summary, out, report), err=True)
     if summary.interrupted:
         how = "stopped by SIGTERM" if _SIGNALLED else "interrupted"
         click.echo(f"{how}: {out} holds every finished record; rerun the same command to resume", err=True)
         sys.exit(_interrupt_code())
 
 
-def _summary_text(summary: Any, out: str) -> str:
+def _summary_text(summary: Any, out: str, report: Any = None) -> str:
     from gcert.certificate import read_certificates
 
     head = f"{summary.written} new records in {out}"
@@ -318,10 +333,25 @@ def _summary_text(summary: Any, out: str) -> str:
         if found:
             parts += f"; largest certified delta: mean {sum(found) / len(found):.4g}, min {min(found, key=abs):.4g}"
         lines.append(f"  {m} delta={d:g} {c}: {parts}")
-    errors = sum(1 for c in certs if c.error)
-    if errors:
-        lines.append(f"  {errors} records carry an error (see their 'error' field)")
+    lines += _failure_lines(certs)
+    lines.append(f"records: {out}" + (f"; report: {report}" if report is not None else
+                                      f" (`gcert report {out} --out DIR` draws them)"))
     return "\n".join(lines)
+
+
+def _failure_lines(certs: list[Any], shown: int = 5) -> list[str]:
+    """How many tasks failed, grouped by their error (the most frequent first)."""
+    errors = Counter(c.error for c in certs if c.error)
+    if not errors:
+        return []
+    total = sum(errors.values())
+    out = [f"  {total} tasks failed (their records carry an 'error'; a rerun computes them again):"]
+    for error, n in errors.most_common(shown):
+        text = error if len(error) <= 160 else error[:157] + "..."
+        out.append(f"    {n} x {text}")
+    if len(errors) > shown:
+        out.append(f"    ... and {len(errors) - shown} other errors")
+    return out
 
 
 @cli.group()
@@ -427,6 +457,27 @@ def mutate(mutation: str, input_ref: str | None, limit: int, delta: float | None
                f"{strips.delta:g} {strips.unit} through {m.generator}", err=True)
     for input_id, error in zip(data.ids, strips.inversion_errors, strict=True):
         click.echo(f"  {input_id}: inversion error {error:.4f} (RMS, first image of the row is the input)", err=True)
+
+
+@cli.command("report")
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for index.html and its images (created; a folder of other files is refused).")
+@click.option("--model", default=None, help="The run's model, when the records' one is not a zoo network or file here.")
+@click.option("--data", default=None, help="The run's inputs (default: the zoo network's samples).")
+@click.option("--max-inputs", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Draw the details of at most this many inputs (the tables cover every record).")
+def report_cmd(results: str, out_dir: str, model: str | None, data: str | None, max_inputs: int) -> None:
+    """Write a static HTML report of a results file: tables, mutation strips, witnesses, the margin along t."""
+    from gcert.certificate import check_results_file
+    from gcert.report import check_report_dir, write_report
+
+    check_results_file(results)
+    check_report_dir(out_dir)
+    summary = write_report(results, out_dir, model=model, data=data, max_inputs=max_inputs)
+    click.echo(f"wrote {summary.index}: {summary.tasks} records, images of {summary.drawn} tasks", err=True)
+    for line in summary.notes:
+        click.echo(f"  {line}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

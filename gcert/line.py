@@ -176,6 +176,35 @@ def spec_along(lowered: Lowered, pieces: Pieces, spec: Spec, lo: float, hi: floa
     return LineAnalysis(t, margins, mid_margins > 0, rounding, interpolation_error)
 
 
+MARGIN_CURVE_POINTS = 1000
+"""Breakpoints a record's ``margin_curve`` keeps at most (beyond, it is subsampled and marked not exact)."""
+
+
+def margin_curve(line: LineAnalysis, cap: int = MARGIN_CURVE_POINTS) -> dict[str, Any]:
+    """The margin at the breakpoints, for plots: ``{"t": [...], "margin": [...], "exact": bool}``.
+
+    The values are the analysis's own (direct float64 forward passes, to 9 significant digits). Between two
+    breakpoints every spec row is affine and its sign fixed, so the margin (their minimum) is concave there: at
+    least the straight line between its values at the ends, with its minimum at a breakpoint. Over ``cap``
+    breakpoints it keeps both ends, the minimum, each pair around a sign change and evenly spaced others, and says
+    ``exact: false``.
+    """
+    t, m = line.t.double(), line.margins.double()
+    n = int(t.numel())
+    exact = n <= cap
+    if exact:
+        keep = torch.arange(n)
+    else:
+        must = {0, n - 1, int(m.argmin())}
+        flips = ((m[:-1] > 0) != (m[1:] > 0)).nonzero().reshape(-1).tolist()
+        for i in flips[: cap // 4]:
+            must.update((i, i + 1))
+        spread = torch.linspace(0, n - 1, max(2, cap - len(must))).round().long().tolist()
+        keep = torch.tensor(sorted(must.union(spread)))
+    return {"t": [float(f"{v:.9g}") for v in t[keep].tolist()],
+            "margin": [float(f"{v:.9g}") for v in m[keep].tolist()], "exact": exact}
+
+
 def forward_chunked(lowered: Lowered, x: Tensor) -> Tensor:
     """``lowered.forward(x)`` in batches small enough that all values of one batch hold ``FORWARD_BUDGET`` numbers."""
     live = sum(math.prod(n.shape) for n in lowered.nodes) + math.prod(lowered.input_shape)  # at most all at once
@@ -195,6 +224,7 @@ def line_outcome(line: LineAnalysis, problem: Problem, lowered: Lowered) -> Outc
     details: dict[str, Any] = {"interpolation_error": line.interpolation_error, "rounding_bound": line.pad,
                                "first_violation_t": first, "min_margin": line.min_margin}
     details["share"] = line.share  # the share by the signs of the computed margins
+    details["margin_curve"] = margin_curve(line)
     common: dict[str, Any] = dict(margin_lower=line.min_margin - line.pad, margin_upper=line.min_margin,
                                   fraction=line.share_bounds(), pieces=line.pieces, details=details)
     segment = problem.region.kind == "segment"

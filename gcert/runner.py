@@ -549,7 +549,8 @@ def run(config: RunConfig, out: str | os.PathLike[str], workers: int | None = No
         context: Context | None = None, on_record: Callable[[Certificate], None] | None = None,
         threads: int | None = 1, max_memory: float | None = None, recompute_stale: bool = False,
         on_warning: Callable[[str], None] | None = None,
-        on_start: Callable[[RunSummary], None] | None = None) -> RunSummary:
+        on_start: Callable[[RunSummary], None] | None = None, executor: str = "local",
+        ray_address: str | None = None) -> RunSummary:
     """Certify every task of ``config`` not yet in ``out``, appending one record per task as it finishes.
 
     ``threads``: torch threads for in-process work (pool workers always use one each). One by default: the
@@ -590,8 +591,9 @@ def run(config: RunConfig, out: str | os.PathLike[str], workers: int | None = No
         pending = [t for t in pending if (t.mutation, t.certifier) not in ctx.prepare_failures]
         for line in sorted(set(ctx.prepare_failures.values())):
             warn(f"{line}; its tasks are recorded as unknown")
+        requested = workers
         workers = _workers(workers, len(pending))
-        if workers > 1:
+        if workers > 1 and executor == "local":
             workers, why = resources.workers_for_memory(workers, cap_gb)
             if why:
                 warn(why)
@@ -610,7 +612,11 @@ def run(config: RunConfig, out: str | os.PathLike[str], workers: int | None = No
         try:
             for task in early:
                 record(ctx.solve(task))
-            if workers <= 1:
+            if executor == "ray":
+                from gcert.ray_executor import run_ray
+
+                run_ray(ctx, pending, record, warn, ray_address, requested)
+            elif workers <= 1:
                 for task in pending:
                     record(ctx.solve(task))
             else:
@@ -620,6 +626,21 @@ def run(config: RunConfig, out: str | os.PathLike[str], workers: int | None = No
         finally:
             bar.close()
     return summary
+
+
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(executor: str, ray_address: str | None = None) -> None:
+    """Refuse, before any work, an unknown executor, a Ray address without Ray, or Ray when it is not installed."""
+    if executor not in EXECUTORS:
+        raise InputError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if ray_address is not None and executor != "ray":
+        raise InputError("--ray-address is for --executor ray; add --executor ray or drop --ray-address")
+    if executor == "ray":
+        from gcert.ray_executor import require_ray
+
+        require_ray()
 
 
 def _describe(task: Task) -> str:

@@ -27,6 +27,21 @@ class SplitResult:
     pieces: int
     witness_t: Tensor | None = None
     margin_upper: float | None = None
+    piece_bounds: list[list[float]] | None = None  # [[lo_t, hi_t, margin lower bound], ...] (for plots)
+
+
+PIECE_BOUNDS_CAP = 256
+"""Pieces a record's ``piece_bounds`` lists at most: beyond, neighbours merge (keeping the smaller bound)."""
+
+
+def piece_bounds(heap: list[tuple[float, float, float]], cap: int = PIECE_BOUNDS_CAP) -> list[list[float]]:
+    """The pieces of a bisection sorted along t, ``[lo_t, hi_t, lower bound]`` each, at most ``cap`` of them;
+    merged neighbours keep the smaller bound, so every entry stays a sound bound on its interval."""
+    pieces = [[a, b, bound] for bound, a, b in sorted(heap, key=lambda p: p[1])]
+    while len(pieces) > cap:
+        pieces = [[p[0], q[1], min(p[2], q[2])] if q else p
+                  for p, q in zip(pieces[::2], pieces[1::2] + [None], strict=False)]
+    return [[float(a), float(b), float(m)] for a, b, m in pieces]  # unrounded: each stays a bound on its piece
 
 
 def bisect(lower_bound: Callable[[float, float], float], margins_at: Callable[[Tensor], Tensor],
@@ -47,19 +62,24 @@ def bisect(lower_bound: Callable[[float, float], float], margins_at: Callable[[T
         best_seen = float(probe[k]) if best_seen is None else min(best_seen, float(probe[k]))
         if probe[k] <= 0:
             return SplitResult("falsified", min(bound, *(p[0] for p in heap)) if heap else bound, len(heap) + 2,
-                               torch.tensor([(a, mid, b)[k]], dtype=torch.float64), float(probe[k]))
+                               torch.tensor([(a, mid, b)[k]], dtype=torch.float64), float(probe[k]),
+                               piece_bounds([*heap, (bound, a, b)]))
         if not a < mid < b:  # the interval cannot shrink further in float64
             heapq.heappush(heap, (bound, a, b))
             break
         heapq.heappush(heap, (lower_bound(a, mid), a, mid))
         heapq.heappush(heap, (lower_bound(mid, b), mid, b))
     worst = min(p[0] for p in heap)
-    return SplitResult("certified" if worst > 0 else "unknown", worst, len(heap), None, best_seen)
+    return SplitResult("certified" if worst > 0 else "unknown", worst, len(heap), None, best_seen,
+                       piece_bounds(heap))
 
 
 def as_outcome(result: SplitResult, details: dict[str, object] | None = None) -> Outcome:
+    details = dict(details or {})
+    if result.piece_bounds is not None:
+        details.setdefault("piece_bounds", result.piece_bounds)
     return Outcome(result.verdict, margin_lower=result.margin_lower, margin_upper=result.margin_upper,
-                   witness_t=result.witness_t, pieces=result.pieces, details=details or {})
+                   witness_t=result.witness_t, pieces=result.pieces, details=details)
 
 
 def decide(problem: Problem, bound: Callable[[Tensor, Tensor], float], splits: int, cheap_first: bool = True
