@@ -23,8 +23,8 @@ from torch import nn
 
 from gcert import hookspecs
 from gcert.contracts import GUARANTEES, Certifier, GeneratorSpec, Mutation
-from gcert.transforms import ResolvableTransform
 from gcert.errors import GcertError, PluginError, UnknownNameError, one_line
+from gcert.transforms import ResolvableTransform
 
 PROJECT = "gcert"
 # Used only when gcert runs from a source tree that was never installed (no entry points).

@@ -135,7 +135,8 @@ def directional_bound(region: TransformRegion, beta: torch.Tensor, u: torch.Tens
 
 def boundary_points(lower: torch.Tensor, upper: torch.Tensor, grid: int) -> torch.Tensor:
     """Points of the box's boundary: a grid of ``grid`` values per parameter, kept where one is at an end."""
-    axes = [torch.linspace(float(lo), float(hi), max(grid, 2), dtype=torch.float64) for lo, hi in zip(lower, upper)]
+    axes = [torch.linspace(float(lo), float(hi), max(grid, 2), dtype=torch.float64)
+            for lo, hi in zip(lower, upper, strict=True)]
     pts = torch.cartesian_prod(*axes).reshape(-1, len(axes))
     on_edge = ((pts == lower) | (pts == upper)).any(dim=1)
     return pts[on_edge]

@@ -202,5 +202,6 @@ class TransformRegion(Region):
             "kind": self.kind, "dim": self.dim, "transform": self.transform.name,
             "params": [{"name": p.name, "unit": p.unit, "identity": p.identity, "range": [float(lo), float(hi)],
                         "smoothing": d.to_record()}
-                       for p, lo, hi, d in zip(self.transform.params, self.lower, self.upper, self.smoothing)],
+                       for p, lo, hi, d in zip(self.transform.params, self.lower, self.upper, self.smoothing,
+                                               strict=True)],
         }

@@ -89,7 +89,7 @@ class Smoothing(Certifier):
         record: dict[str, Any] = {
             "transform": region.transform.name, "certified_set": [
                 {"name": p.name, "unit": p.unit, "range": [float(lo), float(hi)]}
-                for p, lo, hi in zip(region.transform.params, region.lower, region.upper)],
+                for p, lo, hi in zip(region.transform.params, region.lower, region.upper, strict=True)],
             "distribution": [d.to_record() for d in region.smoothing], "n": options.n, "n0": options.n0,
             "alpha": options.alpha, "confidence": 1 - options.alpha, "seed": options.seed,
             "selection_counts": selection.tolist(),

@@ -142,8 +142,9 @@ def _transforms() -> list[ResolvableTransform]:
             "translation-blur-brightness-contrast",
             (*shift_ps(3.0, 30.0), blur_p(1.0, 3.0, 2.0), brightness_p(0.1, 0.8), contrast_p(0.95, 1.05, 0.8)),
             lambda x, p: _b(p, 4) * (spatial(x, p[:, 0], p[:, 1], p[:, 2]) + _b(p, 3)),
-            lambda a, b: _stack(a[..., 0] + b[..., 0], a[..., 1] + b[..., 1], torch.sqrt(a[..., 2] ** 2 + b[..., 2] ** 2),
-                                b[..., 3] + a[..., 3] / b[..., 4], a[..., 4] * b[..., 4]),
+            lambda a, b: _stack(a[..., 0] + b[..., 0], a[..., 1] + b[..., 1],
+                                torch.sqrt(a[..., 2] ** 2 + b[..., 2] ** 2), b[..., 3] + a[..., 3] / b[..., 4],
+                                a[..., 4] * b[..., 4]),
             "c * (blur_r(T(x)) + b)"),
     ]
 
@@ -166,9 +167,9 @@ def gcert_register_mutations(register: Callable[[Mutation], None]) -> None:
     names = {"brightness": "brightness-offset", "contrast": "contrast-gain"}
     for t in _transforms():
         ranges = ", ".join(f"{p.name} in [{p.attack[0]:g}, {p.attack[1]:g}]" for p in t.params)
+        px = " (px at 224 px, scaled to the image)" if any(p.pixels for p in t.params) else ""
         register(Mutation(names.get(t.name, t.name), "pixel", "pixel", "x attack range", 1.0, transform=t,
-                          description=f"{t.description}: {ranges}{' (px at 224)' if any(p.pixels for p in t.params) else ''}"
-                          "; smoothing only"))
+                          description=f"{t.description}: {ranges}{px}; smoothing only"))
 
 
 @gcert.hookimpl
