@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gcert.errors import GcertError
-from gcert.regions import Region
+from gcert.regions import Box, Embed, Region
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class ResolvableTransform:
     description: str = ""
     reference_size: int = 224
     additive_gaussian: bool = field(default=False)  # gamma(a, b) = a + b and every smoothing is normal: closed form
+    affine: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # x -> (W, b): phi = W beta + b
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or any(c.isspace() for c in self.name):
@@ -197,6 +198,14 @@ class TransformRegion(Region):
         """``log tau(alpha)`` for alpha (..., d)."""
         return sum(d.log_prob(alpha[..., i]) for i, d in enumerate(self.smoothing))
 
+    def affine_box(self) -> AffineParameterBox:
+        """The same parameter box for deterministic certifiers, when ``phi`` is affine in its parameters."""
+        if self.transform.affine is None:
+            raise GcertError(f"transform {self.transform.name!r} is not affine in its parameters; only smoothing "
+                             "certifies it")
+        weight, bias = self.transform.affine(self.image.to(torch.float64))
+        return AffineParameterBox(self.lower, self.upper, self.origin(), weight, bias, tuple(self.image.shape))
+
     def to_record(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "dim": self.dim, "transform": self.transform.name,
@@ -205,3 +214,19 @@ class TransformRegion(Region):
                        for p, lo, hi, d in zip(self.transform.params, self.lower, self.upper, self.smoothing,
                                                strict=True)],
         }
+
+
+class AffineParameterBox(Box):
+    """A box of transform parameters ``t`` mapped to images by ``weight @ t + bias`` (brightness, contrast and
+    their composition): a ``box`` region every deterministic certifier takes (``exactline`` when one-dimensional)."""
+
+    def __init__(self, lower: torch.Tensor, upper: torch.Tensor, center: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor, image_shape: tuple[int, ...]):
+        super().__init__(lower, upper, center)
+        self.weight, self.bias, self.image_shape = weight.reshape(-1, lower.numel()), bias.reshape(-1), image_shape
+
+    def embedding(self) -> nn.Module:
+        return Embed(self.weight, self.bias, self.image_shape)
+
+    def to_record(self) -> dict[str, Any]:
+        return {**super().to_record(), "affine_parameters": True}

@@ -30,7 +30,8 @@ def reflect_extend(x: torch.Tensor) -> torch.Tensor:
 def spatial(x: torch.Tensor, tx: torch.Tensor | None, ty: torch.Tensor | None, radius: torch.Tensor | None,
             ) -> torch.Tensor:
     """Translate by ``(tx, ty)`` pixels (right, down) and blur with a Gaussian of std ``radius`` pixels:
-    x (C, H, W), parameters (n,) -> (n, C, H, W). Band-limited shift and blur of the reflected extension."""
+    x (C, H, W), parameters (n,) -> (n, C, H, W); or x (n, C, H, W), one parameter row per image.
+    Band-limited shift and blur of the reflected extension."""
     h, w = x.shape[-2:]
     ext = reflect_extend(x.to(torch.float64))
     big_h, big_w = ext.shape[-2:]
@@ -43,7 +44,7 @@ def spatial(x: torch.Tensor, tx: torch.Tensor | None, ty: torch.Tensor | None, r
         mult = mult * torch.exp(-2j * math.pi * fx * tx.reshape(-1, 1, 1) - 2j * math.pi * fy * ty.reshape(-1, 1, 1))
     if radius is not None:
         mult = mult * torch.exp(-2 * math.pi**2 * radius.reshape(-1, 1, 1) ** 2 * (fx**2 + fy**2))
-    out = torch.fft.ifft2(spec.unsqueeze(0) * mult.unsqueeze(1)).real
+    out = torch.fft.ifft2((spec if x.dim() == 4 else spec.unsqueeze(0)) * mult.unsqueeze(1)).real
     return out[..., :h, :w]
 
 
@@ -103,9 +104,10 @@ def _transforms() -> list[ResolvableTransform]:
     return [
         ResolvableTransform(
             "brightness", (brightness_p(),), lambda x, p: x + _b(p, 0), add,
-            "x + b", additive_gaussian=True),
+            "x + b", additive_gaussian=True, affine=lambda x: (torch.ones_like(x).reshape(-1, 1), x.reshape(-1))),
         ResolvableTransform(
-            "contrast", (contrast_p(),), lambda x, p: _b(p, 0) * x, mul, "c * x"),
+            "contrast", (contrast_p(),), lambda x, p: _b(p, 0) * x, mul, "c * x",
+            affine=lambda x: (x.reshape(-1, 1), torch.zeros_like(x).reshape(-1))),
         ResolvableTransform(
             "gamma", (gamma_p(1.0, 2.0),), lambda x, p: x.clamp_min(0) ** _b(p, 0), mul, "x ** g, g in [1, 2]"),
         ResolvableTransform(
@@ -120,7 +122,9 @@ def _transforms() -> list[ResolvableTransform]:
         ResolvableTransform(
             "contrast-brightness", (contrast_p(0.5, 2.0, 0.6), brightness_p(0.4, 0.6)),
             lambda x, p: _b(p, 0) * x + _b(p, 1),
-            lambda a, b: _stack(a[..., 0] * b[..., 0], a[..., 0] * b[..., 1] + a[..., 1]), "c * x + b"),
+            lambda a, b: _stack(a[..., 0] * b[..., 0], a[..., 0] * b[..., 1] + a[..., 1]), "c * x + b",
+            affine=lambda x: (torch.stack([x.reshape(-1), torch.ones_like(x).reshape(-1)], 1),
+                              torch.zeros_like(x).reshape(-1))),
         ResolvableTransform(
             "gamma-contrast", (gamma_p(0.8, 1.4, 0.1), contrast_p(0.6, 2.0, 0.1)),
             lambda x, p: _b(p, 1) * x.clamp_min(0) ** _b(p, 0),

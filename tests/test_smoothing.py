@@ -276,3 +276,42 @@ def test_transform_registration_is_checked() -> None:
     assert any("expected a ResolvableTransform" in p for p in reg.problems)
     assert any("transform 'gamma' registered by both 'transforms'" in p for p in reg.problems)
     assert reg.origin("transform", "gamma") == "transforms"
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_builtin_phi_takes_a_batch_of_images_one_parameter_row_each(name: str) -> None:
+    t, gen = TRANSFORMS[name], torch.Generator().manual_seed(3)
+    xs = torch.stack([_image(i) for i in range(3)])
+    ps = torch.cat([_params(t, gen, False) for _ in range(3)])
+    each = torch.stack([t.phi(xs[i], ps[i : i + 1])[0] for i in range(3)])
+    assert torch.allclose(t.phi(xs, ps), each, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, certifier", [("brightness", "exactline"), ("contrast", "exactline"),
+                                             ("contrast-brightness", "deeppoly"), ("contrast-brightness", "interval")])
+def test_affine_transforms_go_to_deterministic_certifiers(name: str, certifier: str) -> None:
+    """Brightness, contrast and their composition are affine in their parameters: the same box goes to the
+    deterministic certifiers, its embedding is phi itself, and a 'certified' agrees with dense sampling."""
+    from gcert import zoo
+
+    net, _ = zoo.load_network("digits-cnn")
+    reg = load_registry()
+    import numpy as np
+
+    data = np.load(zoo.samples_path("digits-cnn"))
+    x, label = torch.from_numpy(data["images"][0]).float(), int(data["labels"][0])
+    t = TRANSFORMS[name]
+    region = t.region(x, 0.3)
+    box = region.affine_box()
+    pts = box.sample(64, torch.Generator().manual_seed(0))
+    assert torch.allclose(box.embedding()(pts).double(), t.phi(x.double(), pts), atol=1e-6)
+    problem = Problem(net, PixelGenerator(), box, Spec.top1(label, 10))
+    c = reg.certifier(certifier)
+    check_region(c, box)
+    outcome = c.certify(problem, c.parse_options({}))
+    if outcome.verdict == "certified":
+        grid = box.sample(2000, torch.Generator().manual_seed(1))
+        assert bool((problem.margins(grid) > 0).all())
+    assert outcome.verdict in ("certified", "unknown", "falsified")
+    with pytest.raises(GcertError, match="not affine"):
+        TRANSFORMS["gamma"].region(x).affine_box()
