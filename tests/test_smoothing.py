@@ -315,3 +315,31 @@ def test_affine_transforms_go_to_deterministic_certifiers(name: str, certifier: 
     assert outcome.verdict in ("certified", "unknown", "falsified")
     with pytest.raises(GcertError, match="not affine"):
         TRANSFORMS["gamma"].region(x).affine_box()
+
+
+def test_zero_config_run_through_the_runner(tmp_path) -> None:
+    """`gcert run -c smoothing -m contrast-brightness` on the zoo default: records are probabilistic, carry the
+    certified set and confidence, and the seed / N / alpha are part of the identity; other certifiers are refused
+    before any work, in one line naming smoothing."""
+    from gcert.plugins import PluginSettings
+    from gcert.runner import Context, RunConfig
+
+    cfg = RunConfig(mutations=("contrast-brightness",), certifiers=("smoothing",), limit=2,
+                    options={"smoothing": {"n": 200, "seed": 3}}, plugins=PluginSettings(autoload=False))
+    ctx = Context(cfg)
+    ctx.prepare()
+    task = ctx.tasks()[0]
+    cert = ctx.certify(task)
+    assert cert.error is None and cert.guarantee == "probabilistic" and cert.region["kind"] == "transform"
+    assert cert.details["smoothing"]["confidence"] == pytest.approx(0.999)
+    assert ctx.identity(task)["options"]["seed"] == 3 and ctx.identity(task)["options"]["n"] == 200
+    other = Context(RunConfig(mutations=("contrast-brightness",), certifiers=("smoothing",), limit=2,
+                              options={"smoothing": {"n": 200, "seed": 4}}, plugins=PluginSettings(autoload=False)))
+    assert other.identity(other.tasks()[0])["hash"] != ctx.identity(task)["hash"]
+    refused = Context(RunConfig(mutations=("contrast-brightness",), certifiers=("interval",), limit=1,
+                                plugins=PluginSettings(autoload=False)))
+    with pytest.raises(GcertError, match="not a 2-dimensional transform; certifiers that take it: smoothing"):
+        refused.prepare()
+    with pytest.raises(GcertError, match="smoothing.alpha must be in"):
+        Context(RunConfig(mutations=("contrast-brightness",), certifiers=("smoothing",), limit=1,
+                          options={"smoothing": {"alpha": "2"}}, plugins=PluginSettings(autoload=False)))
