@@ -6,6 +6,7 @@ transform's smoothing distribution) keeps the spec's class for every parameter i
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ class SmoothingOptions:
     bound_samples: int = 5000  # N_s of Algorithm 2, per point of a path
     path_points: int = 5  # points per path from the identity where the directional bound is estimated
     grid: int = 2  # points per parameter on the box boundary where g_hat is evaluated (2: the corners)
+    device: str = "auto"  # where the forward passes run: auto (cuda when there is one), cpu, cuda, cuda:1, ...
 
     def __post_init__(self) -> None:
         for name in ("n", "n0", "batch", "bound_samples"):
@@ -45,6 +47,8 @@ class SmoothingOptions:
             raise GcertError("smoothing.path_points and smoothing.grid must be integers >= 2")
         if not 0 < self.alpha < 1:
             raise GcertError(f"smoothing.alpha must be in (0, 1), got {self.alpha} (e.g. 0.001)")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise GcertError(f"smoothing.device {self.device!r} is not auto, cpu or cuda[:N]")
         if self.method not in METHODS:
             raise GcertError(f"smoothing.method {self.method!r} is not one of {', '.join(METHODS)}")
 
@@ -73,10 +77,13 @@ class Smoothing(Certifier):
         spec, k = problem.spec, problem.spec.num_outputs
         gen = torch.Generator().manual_seed(options.seed)
         beta0 = region.origin()
+        device = _device(options.device)
+        net = problem.composed() if device.type == "cpu" else copy.deepcopy(problem.composed()).to(device)
 
+        @torch.no_grad()
         def predict(alpha: torch.Tensor) -> torch.Tensor:
             theta = region.transform.gamma(alpha, beta0.expand_as(alpha))
-            return problem.outputs(theta)
+            return net(theta.to(device=device, dtype=problem.dtype)).cpu()
 
         def holds(alpha: torch.Tensor) -> torch.Tensor:
             # class 1 where the spec holds: the event whose probability h_c is bounded
@@ -122,6 +129,14 @@ class Smoothing(Certifier):
         return Outcome("unknown", details={"reason": "the certification condition fails: g_hat(beta) = "
                                            f"{need:.4g} is not below xi(h) - xi(1/2) = {have:.4g}",
                                            "smoothing": record})
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GcertError(f"smoothing.device={name} but torch sees no CUDA device; use device=cpu or auto")
+    return torch.device(name)
 
 
 @gcert.hookimpl
