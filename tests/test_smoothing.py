@@ -343,3 +343,22 @@ def test_zero_config_run_through_the_runner(tmp_path) -> None:
     with pytest.raises(GcertError, match="smoothing.alpha must be in"):
         Context(RunConfig(mutations=("contrast-brightness",), certifiers=("smoothing",), limit=1,
                           options={"smoothing": {"alpha": "2"}}, plugins=PluginSettings(autoload=False)))
+
+
+def test_consistency_loss_and_augmentation() -> None:
+    """Jeong and Shin's loss: equal copies add only eta * entropy to the cross-entropy; copies that disagree pay
+    the KL term. Augmented images stay in [0, 1] and keep their shape."""
+    from gcert_zoo.smoothed import CONSISTENCY, augment, consistency_loss
+    from torch.nn import functional as F
+
+    logits, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    p = F.softmax(logits, -1)
+    entropy = float(-(p * p.log()).sum(-1).mean())
+    same = consistency_loss(torch.cat([logits, logits]), y, 2)
+    assert float(same) == pytest.approx(float(F.cross_entropy(logits, y)) + CONSISTENCY[1] * entropy, rel=1e-6)
+    apart = consistency_loss(torch.cat([logits, -logits]), y, 2)
+    ce = (float(F.cross_entropy(logits, y)) + float(F.cross_entropy(-logits, y))) / 2
+    assert float(apart) > ce + 0.1 * CONSISTENCY[0]
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = augment(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1 and not torch.equal(out, x)

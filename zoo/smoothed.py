@@ -25,7 +25,7 @@ TABLE1 = ("contrast-brightness", "gamma-contrast", "brightness-translation", "co
 BASES = {"digits-smoothed": ("digits-cnn", "digits", "digits-samples.npz"),
          "shapes-smoothed": ("shapes-cnn", "shapes", "shapes-samples.npz"),
          "faces-smoothed": ("faces-cnn", "faces", "faces-samples.npz")}
-STEPS = {"digits-smoothed": 4000, "shapes-smoothed": 1500, "faces-smoothed": 1500}
+STEPS = {"digits-smoothed": 4000, "shapes-smoothed": 1500, "faces-smoothed": 600}
 CONSISTENCY = (10.0, 0.5)  # lambda (KL to the mean prediction) and eta (its entropy), Jeong and Shin 2020
 COPIES = 2  # noisy copies of each image per step
 CRA_SETTINGS = {"n": 1000, "n0": 100, "alpha": 1e-3, "seed": 0}
