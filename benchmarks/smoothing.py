@@ -6,7 +6,7 @@ smoothed classifiers and their base networks; TSS's closed form (additive Gaussi
 and the deterministic certifiers (exactline, deeppoly, interval) on the rows that are affine in their parameters
 (brightness, contrast, contrast-brightness) -- those certify the base network itself, not a smoothed one.
 
-    python benchmarks/smoothing.py [--images 20] [--cost-model digits-smoothed]
+    python benchmarks/smoothing.py [--images 10] [--cost-model digits-smoothed]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def cost(model_name: str, ns: tuple[int, ...]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--cost-model", default="digits-smoothed")
     args = parser.parse_args()
     torch.set_num_threads(1)
