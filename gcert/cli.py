@@ -101,7 +101,7 @@ def list_cmd(as_json: bool) -> None:
     for info in reg.plugins:
         registered = {
             kind: sorted(n for n, e in getattr(reg, kind).items() if e.plugin == info.name)
-            for kind in ("generators", "mutations", "certifiers")
+            for kind in ("generators", "mutations", "certifiers", "transforms")
         }
         region_hook = any(impl.plugin_name == info.name for impl in reg.pm.hook.gcert_input_region.get_hookimpls())
         plugins.append({
@@ -117,6 +117,8 @@ def list_cmd(as_json: bool) -> None:
                            "description": e.value.description} for n, e in sorted(reg.certifiers.items())},
         "generators": {n: {"piecewise_linear": e.value.piecewise_linear, "plugin": e.plugin,
                            "description": e.value.description} for n, e in sorted(reg.generators.items())},
+        "transforms": {n: {"params": [p.name for p in e.value.params], "plugin": e.plugin,
+                           "description": e.value.description} for n, e in sorted(reg.transforms.items())},
     }
     if as_json:
         click.echo(json.dumps({"gcert": __version__, "plugins": plugins, **details, "problems": reg.problems},
@@ -125,10 +127,11 @@ def list_cmd(as_json: bool) -> None:
         for p in plugins:
             state = f"FAILED: {p['error']}" if p["error"] else ""
             click.echo(f"plugin {p['name']} ({p['origin']} {p['version']}) {state}".rstrip())
-        for kind in ("mutations", "certifiers", "generators"):
+        for kind in ("mutations", "certifiers", "generators", "transforms"):
             click.echo(f"\n{kind}:")
             for name, d in details[kind].items():
                 extra = d.get("guarantee") or d.get("kind") or ("piecewise-linear" if d.get("piecewise_linear") else "")
+                extra = ",".join(d["params"]) if "params" in d else extra
                 click.echo(f"  {name:<14} {extra:<18} [{d['plugin']}] {d['description']}")
         for line in reg.problems:
             click.echo(f"problem: {line}", err=True)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 MUTATION_KINDS = ("geometric", "stylized", "global-perceptual", "local-perceptual", "pixel")
 REGION_KINDS = ("segment", "box", "lp-ball")
+TRANSFORM_REGION = "transform"  # a resolvable transform's parameter box (gcert.transforms): smoothing certifiers only
 GUARANTEES = ("complete", "sound", "quantitative", "probabilistic", "falsifier")
 VERDICTS = ("certified", "falsified", "unknown")
 
@@ -65,7 +66,9 @@ class Mutation:
     ``direction(G, control)`` gives the change of the control per one unit of strength, so
     the segment of strength ``delta`` is ``control + t * delta * direction`` for ``t`` in [0, 1].
     Pixel-ball mutations (``kind == "pixel"`` with ``norm`` set) have no direction: their
-    region is the ``norm`` ball of radius ``delta`` around the image. ``levels`` are the strengths a
+    region is the ``norm`` ball of radius ``delta`` around the image. Transform mutations (``transform`` set to a
+    :class:`gcert.transforms.ResolvableTransform`) span its parameter box, the attack range scaled by ``delta``
+    about the identity, which only the ``smoothing`` certifier analyses. ``levels`` are the strengths a
     run certifies when it is given none (default: ``default_delta`` alone), e.g. small / medium / heavy.
     """
 
@@ -78,6 +81,7 @@ class Mutation:
     norm: float | None = None
     description: str = ""
     levels: tuple[float, ...] = ()
+    transform: Any = None
 
     def __post_init__(self) -> None:
         _check_name("mutation", self.name)
@@ -87,8 +91,8 @@ class Mutation:
             raise GcertError(
                 f"mutation {self.name!r}: kind {self.kind!r} is not one of {', '.join(MUTATION_KINDS)}"
             )
-        if (self.direction is None) == (self.norm is None):
-            raise GcertError(f"mutation {self.name!r}: give exactly one of direction= or norm=")
+        if sum(x is not None for x in (self.direction, self.norm, self.transform)) != 1:
+            raise GcertError(f"mutation {self.name!r}: give exactly one of direction=, norm= or transform=")
 
     @property
     def default_deltas(self) -> tuple[float, ...]:

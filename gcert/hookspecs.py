@@ -14,6 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     from gcert.contracts import Certifier, GeneratorSpec, Mutation
     from gcert.regions import Region
+    from gcert.transforms import ResolvableTransform
 
 hookspec = pluggy.HookspecMarker("gcert")
 
@@ -84,6 +85,26 @@ def gcert_register_certifiers(register: Callable[[Certifier], None]) -> None:
     (what ``--certifier`` accepts), a ``guarantee`` (``complete``, ``sound``, ``quantitative``,
     ``probabilistic`` or ``falsifier``), an ``Options`` dataclass of its settings, and
     ``certify(problem, options)`` returning a :class:`gcert.Outcome`.
+
+    Registration rules are those of :func:`gcert_register_generators`.
+
+    :param register: the host's callback; returns nothing.
+    :returns: nothing (the return value is ignored).
+    """
+
+
+@hookspec
+def gcert_register_transforms(register: Callable[[ResolvableTransform], None]) -> None:
+    """Register resolvable transforms: parametric image changes that randomized smoothing certifies against.
+
+    Call ``register(ResolvableTransform(...))`` once per transform. A :class:`gcert.transforms.ResolvableTransform`
+    has a ``name``, its parameters (each a :class:`gcert.transforms.Param`: name, unit, identity value, allowed
+    range, the default attack range and smoothing distribution, and whether it is in pixels, which scales it with
+    the image size), ``phi(x, beta)`` mapping one image ``x`` (C, H, W) and parameters ``beta`` (n, d) to n images,
+    and the resolving function ``gamma(alpha, beta)`` with ``phi(phi(x, beta), alpha) == phi(x, gamma(alpha, beta))``
+    (written with ``[..., i]`` indexing and differentiable, as the ``smoothing`` certifier takes its Jacobians by
+    autograd). A mutation reaches a transform by carrying it (``Mutation(..., transform=...)``); the built-in
+    ``gcert_input_region`` then builds its :class:`gcert.transforms.TransformRegion`.
 
     Registration rules are those of :func:`gcert_register_generators`.
 

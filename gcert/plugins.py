@@ -24,10 +24,12 @@ from torch import nn
 from gcert import hookspecs
 from gcert.contracts import GUARANTEES, Certifier, GeneratorSpec, Mutation
 from gcert.errors import GcertError, PluginError, UnknownNameError, one_line
+from gcert.transforms import ResolvableTransform
 
 PROJECT = "gcert"
 # Used only when gcert runs from a source tree that was never installed (no entry points).
-BUILTIN_PLUGINS = ("regions", "pixel", "interval", "sampling", "zoo", "exactline", "genprover", "deeppoly", "weather")
+BUILTIN_PLUGINS = ("regions", "pixel", "interval", "sampling", "zoo", "exactline", "genprover", "deeppoly", "weather",
+                   "transforms", "smoothing")
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class Registry:
     generators: dict[str, Entry] = field(default_factory=dict)
     mutations: dict[str, Entry] = field(default_factory=dict)
     certifiers: dict[str, Entry] = field(default_factory=dict)
+    transforms: dict[str, Entry] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     _loaded: dict[str, nn.Module] = field(default_factory=dict, repr=False)
 
@@ -175,6 +178,9 @@ class Registry:
 
     def certifier(self, name: str) -> Certifier:
         return self._get(self.certifiers, "certifier", name)
+
+    def transform(self, name: str) -> ResolvableTransform:
+        return self._get(self.transforms, "transform", name)
 
     def generator_spec(self, name: str) -> GeneratorSpec:
         return self._get(self.generators, "generator", name)
@@ -208,6 +214,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     _collect(reg, "gcert_register_generators", reg.generators, GeneratorSpec, "generator")
     _collect(reg, "gcert_register_mutations", reg.mutations, Mutation, "mutation")
     _collect(reg, "gcert_register_certifiers", reg.certifiers, Certifier, "certifier")
+    _collect(reg, "gcert_register_transforms", reg.transforms, ResolvableTransform, "transform")
     for name, entry in list(reg.mutations.items()):
         if entry.value.generator not in reg.generators:
             reg.problems.append(

@@ -42,6 +42,8 @@ def strength_range(mutation: Mutation) -> StrengthRange | None:
     """The range of strengths ``mutation`` is defined (or was trained) for, if it declares one."""
     if mutation.norm is not None:
         return StrengthRange(0.0, math.inf, "delta is the radius of a pixel ball")
+    if mutation.transform is not None:
+        return StrengthRange(0.0, math.inf, "delta scales the transform's attack range about its identity")
     from gcert import zoo
 
     try:

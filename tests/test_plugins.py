@@ -158,7 +158,7 @@ def test_testing_fixture_registers_a_temporary_plugin(gcert_registry):
 def test_contract_validation_is_one_line():
     with pytest.raises(GcertError, match="kind 'wobble'"):
         Mutation("m", "wobble", "pixel", "x", 1.0, norm=2)
-    with pytest.raises(GcertError, match="exactly one of direction= or norm="):
+    with pytest.raises(GcertError, match="exactly one of direction=, norm= or transform="):
         Mutation("m", "pixel", "pixel", "x", 1.0)
     with pytest.raises(GcertError, match="has no option 'bogus'; its options: cheap_first, splits"):
         make_registry().certifier("interval").parse_options({"bogus": "1"})
@@ -169,7 +169,7 @@ def test_contract_validation_is_one_line():
 def test_every_hook_is_documented_in_its_spec_and_in_the_user_docs():
     docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
     hooks = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("gcert_")]
-    assert len(hooks) == 4
+    assert len(hooks) == 5
     for name in hooks:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert len(doc) > 200, f"{name} needs a real docstring"

@@ -26,6 +26,7 @@ from gcert_zoo.datasets import (
 )
 from gcert_zoo.files import install, save_module, sha256_file
 from gcert_zoo.mutations import REGIONS
+from gcert_zoo.smoothed import SMOOTHED_RECIPES
 from gcert_zoo.weather import WEATHER_RECIPES
 from torch import nn
 
@@ -443,6 +444,10 @@ def build_classifier(name: str, out: Path, steps: int = 1500, log: Any = _stderr
 
 def network_figures(entry: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """Held-out accuracy of a zoo classifier (procedural data: fresh images from the held-out seed)."""
+    if "smoothing" in entry:  # trained for smoothing: certified robust accuracy per GL Table 1 row
+        from gcert_zoo.smoothed import smoothed_figures
+
+        return smoothed_figures(entry, model)
     if entry["name"] == "digits-cnn":
         _, _, xte, yte = digits_split(0)
         return {"test_accuracy": round(measure.network_accuracy(model, torch.from_numpy(xte), yte), 4)}
@@ -462,6 +467,7 @@ RECIPES = {
     "faces-cnn": lambda out: build_classifier("faces-cnn", out),
     **{name: _generator_recipe(name) for name in GENERATOR_RECIPES},
     **WEATHER_RECIPES,
+    **SMOOTHED_RECIPES,
 }
 
 
