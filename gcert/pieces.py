@@ -104,10 +104,12 @@ def start(lowered: Lowered, starts: Tensor, ends: Tensor) -> Pieces:
     return Pieces(t, seg, {-1: x})
 
 
-def propagate(lowered: Lowered, pieces: Pieces, stop: int | None = None, max_points: int | None = None) -> Pieces:
+def propagate(lowered: Lowered, pieces: Pieces, stop: int | None = None, max_points: int | None = None,
+              keep_input: bool = False) -> Pieces:
     """Run nodes ``0 .. stop-1`` (all by default), which must be piecewise linear, splitting as needed.
 
-    Values no later node reads are dropped as soon as possible; the output stays.
+    Values no later node reads are dropped as soon as possible; the output stays, and with ``keep_input`` the
+    network input too (the breakpoints' own coordinates, interpolated like every value).
     """
     stop = len(lowered.nodes) if stop is None else stop
     last = lowered.last_use()
@@ -128,7 +130,7 @@ def propagate(lowered: Lowered, pieces: Pieces, stop: int | None = None, max_poi
         for j in set(node.inputs):
             if j >= 0 and last[j] <= k and j != lowered.output:
                 pieces.values.pop(j, None)
-        if k >= input_last and lowered.output != -1:
+        if k >= input_last and lowered.output != -1 and not keep_input:
             pieces.values.pop(-1, None)
     return pieces
 
