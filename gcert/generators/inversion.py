@@ -75,10 +75,10 @@ def _clip(z: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None) -> 
 def _refine(generator: nn.Module, target: torch.Tensor, z: torch.Tensor, steps: int, lr: float,
             bounds: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     z = z.clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
+    opt = _Adam(z, lr)
     best_z, best_loss = z.detach().clone(), float("inf")
     for _ in range(steps):
-        opt.zero_grad()
+        z.grad = None
         loss = (generator(z.unsqueeze(0)) - target).pow(2).mean()
         value = float(loss.detach())
         if value < best_loss:
@@ -90,3 +90,32 @@ def _refine(generator: nn.Module, target: torch.Tensor, z: torch.Tensor, steps: 
     with torch.no_grad():
         final = float((generator(z.unsqueeze(0)) - target).pow(2).mean())
     return z.detach().clone() if final < best_loss else best_z
+
+
+class _Adam:
+    """``torch.optim.Adam`` (defaults, one CPU tensor) step for step, in the order of its single-tensor update.
+
+    Constructing a torch optimizer imports ``torch._dynamo`` (about 4 s, more than torch itself) in every
+    process that inverts an input; this is the same arithmetic without it.
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.step_count = 0.0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grad = self.param.grad
+        if grad is None:
+            return
+        beta1, beta2 = self.betas
+        self.step_count += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1 - beta2)
+        bias_correction1 = 1 - beta1**self.step_count
+        bias_correction2 = 1 - beta2**self.step_count
+        step_size = self.lr / bias_correction1
+        denom = (self.exp_avg_sq.sqrt() / bias_correction2**0.5).add_(self.eps)
+        self.param.addcdiv_(self.exp_avg, denom, value=-step_size)
