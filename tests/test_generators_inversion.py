@@ -92,3 +92,19 @@ def test_inversion_adam_is_torch_adam_step_for_step():
         ours.step()
         theirs.step()
         assert torch.equal(mine, ref)  # bitwise: the inversion's results do not move
+
+
+def test_batched_inversion_finds_what_one_by_one_finds():
+    from gcert.generators.inversion import invert, invert_many
+
+    torch.manual_seed(1)
+    gen = torch.nn.Sequential(torch.nn.Linear(3, 24), torch.nn.ReLU(), torch.nn.Linear(24, 16), torch.nn.Sigmoid())
+    images = gen(torch.randn(5, 3)).detach() + 0.01 * torch.rand(5, 16)
+    bounds = (-torch.ones(3), torch.ones(3))
+    many = invert_many(gen, images, (3,), restarts=3, steps=60, bounds=bounds)
+    for image, got in zip(images, many, strict=True):
+        want = invert(gen, image, (3,), restarts=3, steps=60, bounds=bounds)
+        assert abs(got.error - want.error) <= 1e-5 + 1e-3 * want.error  # the same quality (restarts may tie)
+        if got.restart == want.restart:
+            assert torch.allclose(got.control, want.control, atol=1e-4)
+        assert bool((got.control.abs() <= 1).all())
