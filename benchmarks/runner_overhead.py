@@ -108,7 +108,7 @@ def main() -> None:
     from _report import RESULTS, stamp, write_report  # noqa: PLC0415
 
     result = measure(args.tree)
-    row = {"label": args.label, **{k: v for k, v in result.items() if k != "verdicts"}}
+    row = {"label": args.label, **{k: v for k, v in result.items() if k != "verdicts"}, "answers": result["verdicts"]}
     # (input, verdict, pieces, inversion error) of every record: equal digests mean the same answers
     row["answers_sha256"] = hashlib.sha256(json.dumps(result["verdicts"]).encode()).hexdigest()[:12]
     tree_commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=args.tree, capture_output=True,
