@@ -118,17 +118,21 @@ def error_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, stop: int | None = No
     return _error_bounds(lowered, lo, hi, stop, interpolated=False)
 
 
-def interpolation_bounds(lowered: Lowered, lo: Tensor, hi: Tensor) -> ErrorBounds:
+def interpolation_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, at_stored_inputs: bool = False) -> ErrorBounds:
     """A priori bounds on the error of the values :func:`gcert.pieces.propagate` carries to its breakpoints (and
-    :func:`gcert.line.spec_along`'s last split), against the exact network at each breakpoint's stored input.
+    :func:`gcert.line.spec_along`'s last split).
 
-    A breakpoint made inside a piece holds ``v_a + w (v_b - v_a)`` of its two ends for every live value, and the
-    input ``x_a + w (x_b - x_a)`` with the same ``w``: on an affine piece that is the exact value at the stored
-    input up to the ends' own errors (a convex combination keeps their maximum), the rounding of the combination
-    (< 5.2 u |v|max) and the rounding of the stored input times the value's slope (< 5.2 u |x|max * |dv/dx|max).
-    Each split adds ``6 u (M + X S)`` to every value live during it (magnitude ``M``, slope bound ``S``, ``X`` the
-    largest input magnitude), counted as if every activation split and every max-pool level split; the ops then
-    add their forward rounding as in :func:`error_bounds`. Slopes come from ``|A|`` and Lipschitz constants.
+    A breakpoint made inside a piece holds ``v_a + w (v_b - v_a)`` of its two ends for every live value: on an
+    affine piece, the exact value at the point ``x_a* + w (x_b* - x_a*)`` between the ends' own exact points, up
+    to the ends' errors (a convex combination keeps their maximum) and the rounding of the combination
+    (< 5.2 u |v|max). Every breakpoint so has an exact point in ``[lo, hi]`` (the ends are exact) at which its
+    values are known within the bound; that is all a minimum margin or a verdict needs. The stored input
+    ``x_a + w (x_b - x_a)`` is off that point by its own rounding (< 5.2 u |x|max per split): with
+    ``at_stored_inputs`` the bound is against the network at the stored input, adding that times the value's
+    slope bound (``|A|`` and Lipschitz constants), which is what a forward pass there is compared with. Each
+    split adds ``6 u (M [+ X S])`` to every value live during it (magnitude ``M``, slope ``S``, ``X`` the largest
+    input magnitude), counted as if every activation and every max-pool level split; the ops then add their
+    forward rounding as in :func:`error_bounds`.
 
     The premise is ExactLine's own: the network is affine between consecutive breakpoints. A kink placed from
     values known within ``e`` may sit off the true one by where the true value is within ``e`` of 0; that sliver
@@ -136,7 +140,7 @@ def interpolation_bounds(lowered: Lowered, lo: Tensor, hi: Tensor) -> ErrorBound
     on the same premise). :func:`gcert.line.spec_along` checks the interpolated outputs against a direct forward
     pass at the breakpoints that decide the verdict.
     """
-    return _error_bounds(lowered, lo, hi, None, interpolated=True)
+    return _error_bounds(lowered, lo, hi, None, interpolated=True, located=at_stored_inputs)
 
 
 def _maxpool_levels(op: MaxPool) -> int:
@@ -146,14 +150,15 @@ def _maxpool_levels(op: MaxPool) -> int:
     return levels
 
 
-def _error_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, stop: int | None, interpolated: bool) -> ErrorBounds:
+def _error_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, stop: int | None, interpolated: bool,
+                  located: bool = False) -> ErrorBounds:
     stop = len(lowered.nodes) if stop is None else stop
     boxes: dict[int, Box] = {-1: Box(lo.reshape(1, -1).reshape(1, *lowered.input_shape).double(),
                                      hi.reshape(1, *lowered.input_shape).double())}
     mag = {-1: torch.maximum(boxes[-1].lo.abs(), boxes[-1].hi.abs())}
     err = {-1: torch.zeros_like(mag[-1])}  # interpolated: the stored input is the breakpoint, by definition
     slope = {-1: torch.ones_like(mag[-1])}
-    x_max = float(mag[-1].max())
+    x_max = float(mag[-1].max()) if located else 0.0
     last = lowered.last_use()
 
     def split_rounds(k: int, rounds: int) -> None:

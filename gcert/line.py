@@ -168,8 +168,10 @@ def spec_along(lowered: Lowered, pieces: Pieces, spec: Spec, lo: float, hi: floa
         if pairs:
             g = torch.cat([rows, rows[:, [a for a, _ in pairs]] - rows[:, [b for _, b in pairs]]], dim=1)
     (y,) = pieces.split(g, [y], max_points=max_pieces + 1)
-    t = pieces.values[-1].reshape(-1).clone()  # the breakpoints are the inputs the values were carried to
-    t[0], t[-1] = lo, hi  # (never moved: a split only adds points inside pieces)
+    # The breakpoints: the inputs carried with the values (each within its rounding of the exact point its values
+    # belong to, see interpolation_bounds); the ends are exact, a split only adds points inside pieces.
+    t = pieces.values[-1].reshape(-1).clone()
+    t[0], t[-1] = lo, hi
     rows = y @ C.T + d
     margins = spec.reduce(rows)
     mid_margins = spec.reduce((rows[:-1] + rows[1:]) / 2)  # rows are affine on each piece, their order fixed
@@ -181,7 +183,8 @@ def spec_along(lowered: Lowered, pieces: Pieces, spec: Spec, lo: float, hi: floa
     sample = decisive_points(margins, CHECKED_POINTS)
     direct = forward_chunked(lowered, t[sample].reshape(-1, 1)).reshape(sample.numel(), -1)
     gap = (direct - y[sample]).abs()
-    out_bound = (interpolated.error[lowered.output] + error_bounds(lowered, lo_t, hi_t).error[lowered.output])
+    located = interpolation_bounds(lowered, lo_t, hi_t, at_stored_inputs=True)  # a forward pass runs there
+    out_bound = located.error[lowered.output] + error_bounds(lowered, lo_t, hi_t).error[lowered.output]
     if bool((gap > out_bound.reshape(1, -1)).any()):
         raise GcertError(f"the outputs interpolated along the pieces differ from a direct forward pass by "
                          f"{float(gap.max()):.3g}, beyond their error bound: the pieces are not exact here "

@@ -83,11 +83,19 @@ class Pieces:
         subkeys = torch.cat([torch.zeros(self.count, dtype=alpha.dtype), alpha])
         order = torch.sort(subkeys, stable=True).indices
         order = order[torch.sort(keys[order], stable=True).indices]
+        total = self.count + piece.numel()
+        place = torch.empty(total, dtype=torch.long)
+        place[order] = torch.arange(total)  # where each old point, then each new one, lands
+        old_place, new_place = place[: self.count], place[self.count :]
 
         def interpolate(v: Tensor) -> Tensor:
+            # v_a + w (v_b - v_a), written straight into place (no concatenated copy to reorder)
             w = alpha.reshape(-1, *([1] * (v.dim() - 1))).to(v.dtype)
-            new = v[piece] + w * (v[piece + 1] - v[piece])
-            return torch.cat([v, new])[order]
+            a = v[piece]
+            new = v[piece + 1].sub_(a).mul_(w).add_(a)
+            out = v.new_empty((total, *v.shape[1:]))
+            out.index_copy_(0, old_place, v)
+            return out.index_copy_(0, new_place, new)
 
         self.t = interpolate(self.t)
         self.seg = torch.cat([self.seg, self.seg[piece]])[order]
