@@ -125,14 +125,16 @@ def interpolation_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, at_stored_inp
     A breakpoint made inside a piece holds ``v_a + w (v_b - v_a)`` of its two ends for every live value: on an
     affine piece, the exact value at the point ``x_a* + w (x_b* - x_a*)`` between the ends' own exact points, up
     to the ends' errors (a convex combination keeps their maximum) and the rounding of the combination
-    (< 5.2 u |v|max). Every breakpoint so has an exact point in ``[lo, hi]`` (the ends are exact) at which its
-    values are known within the bound; that is all a minimum margin or a verdict needs. The stored input
+    (< 2.1 u |v_b - v_a| + u |v|, with |v_b - v_a| at most the slope bound times the width). Every breakpoint
+    so has an exact point in ``[lo, hi]`` (the ends are exact) at which its values are known within the bound;
+    that is all a minimum margin or a verdict needs. The stored input
     ``x_a + w (x_b - x_a)`` is off that point by its own rounding (< 5.2 u |x|max per split): with
     ``at_stored_inputs`` the bound is against the network at the stored input, adding that times the value's
     slope bound (``|A|`` and Lipschitz constants), which is what a forward pass there is compared with. Each
-    split adds ``6 u (M [+ X S])`` to every value live during it (magnitude ``M``, slope ``S``, ``X`` the largest
-    input magnitude), counted as if every activation and every max-pool level split; the ops then add their
-    forward rounding as in :func:`error_bounds`.
+    split so grows the error ``e`` of every value live during it to ``e + 1.1 u (M + e) + 2.2 u (S W + 2 e)
+    [+ 6 u X S]`` (magnitude ``M``, slope ``S``, width ``W`` of the input box, ``X`` its largest magnitude),
+    counted as if every activation and every max-pool level split; the ops then add their forward rounding as
+    in :func:`error_bounds`.
 
     The premise is ExactLine's own: the network is affine between consecutive breakpoints. A kink placed from
     values known within ``e`` may sit off the true one by where the true value is within ``e`` of 0; that sliver
@@ -159,13 +161,19 @@ def _error_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, stop: int | None, in
     err = {-1: torch.zeros_like(mag[-1])}  # interpolated: the stored input is the breakpoint, by definition
     slope = {-1: torch.ones_like(mag[-1])}
     x_max = float(mag[-1].max()) if located else 0.0
+    width = float((boxes[-1].hi - boxes[-1].lo).abs().max())
     last = lowered.last_use()
+
+    def step(m: Any, s: Any, e: Any) -> Any:
+        # fl(v_a + fl(w fl(v_b - v_a))): < 2.1 u |v_b - v_a| + u |result|, where |v_b - v_a| <= S width + 2 e
+        return e + 1.1 * _U * (m + e) + 2.2 * _U * (s * width + 2 * e) + 6 * _U * x_max * s + 1e-300
 
     def split_rounds(k: int, rounds: int) -> None:
         # Every value live while node k splits (read at k or later) is interpolated ``rounds`` times.
         for j in err:
             if j >= 0 and last[j] >= k:
-                err[j] = err[j] + rounds * 6 * _U * (mag[j] + x_max * slope[j])
+                for _ in range(rounds):
+                    err[j] = step(mag[j], slope[j], err[j])
 
     for k in range(stop):
         node = lowered.nodes[k]
@@ -195,7 +203,9 @@ def _error_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, stop: int | None, in
             slope[k] = op(slope[node.inputs[0]])
             if rounds:  # the pairwise candidates of each level are interpolated too; |floor| <= 2 max|x| + 1
                 src = node.inputs[0]
-                err[k] = err[k] + rounds * 6 * _U * (2 * float(mag[src].max()) + 1 + x_max * float(slope[src].max()))
+                m, sl = 2 * float(mag[src].max()) + 1, float(slope[src].max())
+                for _ in range(rounds):
+                    err[k] = step(m, sl, err[k])
         else:
             own = 0.0 if op.kind in ("relu", "hardtanh") else 4 * _U * mag[k]
             err[k] = _lipschitz(op) * ins[0] + own
