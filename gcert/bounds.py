@@ -115,27 +115,101 @@ def error_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, stop: int | None = No
     the error its own op adds (``gamma(fan_in + 2)`` times the magnitudes it sums). Magnitudes come from
     interval propagation of the box, so they hold at every point of it.
     """
+    return _error_bounds(lowered, lo, hi, stop, interpolated=False)
+
+
+def interpolation_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, at_stored_inputs: bool = False) -> ErrorBounds:
+    """A priori bounds on the error of the values :func:`gcert.pieces.propagate` carries to its breakpoints (and
+    :func:`gcert.line.spec_along`'s last split).
+
+    A breakpoint made inside a piece holds ``v_a + w (v_b - v_a)`` of its two ends for every live value: on an
+    affine piece, the exact value at the point ``x_a* + w (x_b* - x_a*)`` between the ends' own exact points, up
+    to the ends' errors (a convex combination keeps their maximum) and the rounding of the combination
+    (< 2.1 u |v_b - v_a| + u |v|, with |v_b - v_a| at most the slope bound times the width). Every breakpoint
+    so has an exact point in ``[lo, hi]`` (the ends are exact) at which its values are known within the bound;
+    that is all a minimum margin or a verdict needs. The stored input
+    ``x_a + w (x_b - x_a)`` is off that point by its own rounding (< 5.2 u |x|max per split): with
+    ``at_stored_inputs`` the bound is against the network at the stored input, adding that times the value's
+    slope bound (``|A|`` and Lipschitz constants), which is what a forward pass there is compared with. Each
+    split so grows the error ``e`` of every value live during it to ``e + 1.1 u (M + e) + 2.2 u (S W + 2 e)
+    [+ 6 u X S]`` (magnitude ``M``, slope ``S``, width ``W`` of the input box, ``X`` its largest magnitude),
+    counted as if every activation and every max-pool level split; the ops then add their forward rounding as
+    in :func:`error_bounds`.
+
+    The premise is ExactLine's own: the network is affine between consecutive breakpoints. A kink placed from
+    values known within ``e`` may sit off the true one by where the true value is within ``e`` of 0; that sliver
+    is not bounded here (nor was it when every breakpoint was re-evaluated: the margin between breakpoints rests
+    on the same premise). :func:`gcert.line.spec_along` checks the interpolated outputs against a direct forward
+    pass at the breakpoints that decide the verdict.
+    """
+    return _error_bounds(lowered, lo, hi, None, interpolated=True, located=at_stored_inputs)
+
+
+def _maxpool_levels(op: MaxPool) -> int:
+    n, levels = op.kernel[0] * op.kernel[1], 0
+    while n > 1:
+        n, levels = (n + 1) // 2, levels + 1
+    return levels
+
+
+def _error_bounds(lowered: Lowered, lo: Tensor, hi: Tensor, stop: int | None, interpolated: bool,
+                  located: bool = False) -> ErrorBounds:
     stop = len(lowered.nodes) if stop is None else stop
     boxes: dict[int, Box] = {-1: Box(lo.reshape(1, -1).reshape(1, *lowered.input_shape).double(),
                                      hi.reshape(1, *lowered.input_shape).double())}
     mag = {-1: torch.maximum(boxes[-1].lo.abs(), boxes[-1].hi.abs())}
-    err = {-1: torch.zeros_like(mag[-1])}
+    err = {-1: torch.zeros_like(mag[-1])}  # interpolated: the stored input is the breakpoint, by definition
+    slope = {-1: torch.ones_like(mag[-1])}
+    x_max = float(mag[-1].max()) if located else 0.0
+    width = float((boxes[-1].hi - boxes[-1].lo).abs().max())
+    last = lowered.last_use()
+
+    def step(m: Any, s: Any, e: Any) -> Any:
+        # fl(v_a + fl(w fl(v_b - v_a))): < 2.1 u |v_b - v_a| + u |result|, where |v_b - v_a| <= S width + 2 e
+        return e + 1.1 * _U * (m + e) + 2.2 * _U * (s * width + 2 * e) + 6 * _U * x_max * s + 1e-300
+
+    def split_rounds(k: int, rounds: int) -> None:
+        # Every value live while node k splits (read at k or later) is interpolated ``rounds`` times.
+        for j in err:
+            if j >= 0 and last[j] >= k:
+                for _ in range(rounds):
+                    err[j] = step(mag[j], slope[j], err[j])
+
     for k in range(stop):
         node = lowered.nodes[k]
         op = node.op
         boxes[k] = node_box(op, [boxes[j] for j in node.inputs])
         mag[k] = torch.maximum(boxes[k].lo.abs(), boxes[k].hi.abs())
+        rounds = 0
+        if interpolated and isinstance(op, Activation) and op.piecewise_linear:
+            rounds = 1
+        elif interpolated and isinstance(op, MaxPool):
+            rounds = _maxpool_levels(op)
+        if rounds:
+            split_rounds(k, rounds)
         ins = [err[j] for j in node.inputs]
         if isinstance(op, Affine):
             m_in = mag[node.inputs[0]]
             err[k] = op.abs_linear(ins[0]) + gamma(op.fan_in + 2) * (op.abs_linear(m_in) + op.bias.abs())
+            slope[k] = op.abs_linear(slope[node.inputs[0]])
         elif isinstance(op, Add):
             err[k] = ins[0] + ins[1] + _U * mag[k]
+            slope[k] = slope[node.inputs[0]] + slope[node.inputs[1]]
         elif isinstance(op, Concat):
             err[k] = op(*ins)
+            slope[k] = op(*[slope[j] for j in node.inputs])
         elif isinstance(op, MaxPool):
             err[k] = op(ins[0])
+            slope[k] = op(slope[node.inputs[0]])
+            if rounds:  # the pairwise candidates of each level are interpolated too; |floor| <= 2 max|x| + 1
+                src = node.inputs[0]
+                m, sl = 2 * float(mag[src].max()) + 1, float(slope[src].max())
+                for _ in range(rounds):
+                    err[k] = step(m, sl, err[k])
         else:
             own = 0.0 if op.kind in ("relu", "hardtanh") else 4 * _U * mag[k]
             err[k] = _lipschitz(op) * ins[0] + own
+            slope[k] = _lipschitz(op) * slope[node.inputs[0]]
+    if interpolated and lowered.output >= 0:
+        split_rounds(len(lowered.nodes), 1)  # the spec's own split (rows and their order inside clauses)
     return ErrorBounds(mag, err)

@@ -2,9 +2,11 @@
 
 A one-dimensional region (a GCert segment, a VNN-LIB box or an Lp ball of one input) is the interval
 ``[lo, hi]`` of ``t``. :func:`analyse_line` splits it into the pieces on which the lowered network and every spec
-row are affine (:mod:`gcert.pieces`), evaluates the rows at the breakpoints with a direct float64 forward pass,
-and bounds the float64 rounding of those values a priori (:func:`gcert.bounds.error_bounds`). :func:`line_outcome`
-turns the analysis into a verdict that never certifies within that bound of 0.
+row are affine (:mod:`gcert.pieces`), takes the rows at the breakpoints from the outputs the propagation carried
+there (interpolated, so exact on each affine piece), bounds their float64 error a priori
+(:func:`gcert.bounds.interpolation_bounds`), and checks them against a direct float64 forward pass at the
+breakpoints that decide the verdict. :func:`line_outcome` turns the analysis into a verdict that never certifies
+within that bound of 0.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gcert.bounds import error_bounds
+from gcert.bounds import error_bounds, interpolation_bounds
 from gcert.contracts import Outcome
 from gcert.errors import GcertError
 from gcert.lowering import Lowered
@@ -27,6 +29,7 @@ from gcert.spec import Spec
 
 Tensor = torch.Tensor
 FORWARD_BUDGET = 1 << 24  # float64 values held at once when re-evaluating breakpoints (128 MB)
+CHECKED_POINTS = 32  # breakpoints re-evaluated directly, besides the decisive ones (minimum, sign changes)
 DEFAULT_MEMORY_GB = 2.0  # what the pieces of one analysis may hold (exactline.max_memory_gb, genprover's too)
 
 
@@ -43,10 +46,12 @@ class LineAnalysis:
     """The exact partition of ``[lo, hi]`` and the spec along it."""
 
     t: Tensor  # (P,) breakpoints, lo .. hi
-    margins: Tensor  # (P,) spec margin at each breakpoint (a direct float64 forward pass)
+    margins: Tensor  # (P,) spec margin at each breakpoint (interpolated; within ``rounding`` of the exact one)
     piece_holds: Tensor  # (P-1,) whether the spec holds inside each piece
-    rounding: float  # bound on the float64 rounding error of every margin above
-    interpolation_error: float  # max |interpolated - recomputed| output at the breakpoints (a diagnostic)
+    rounding: float  # bound on the float64 error of every margin above
+    interpolation_error: float  # max |interpolated - recomputed| output at the checked breakpoints (a diagnostic)
+    checked: int = 0  # how many breakpoints a direct forward pass re-evaluated
+    mid_margins: Tensor | None = None  # (P-1,) the margin at each piece's midpoint, from the rows at its ends
 
     @property
     def lo(self) -> float:
@@ -143,7 +148,7 @@ def analyse_line(lowered: Lowered, spec: Spec, lo: float, hi: float, max_pieces:
     pieces = start(lowered, torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64))
     pieces.max_bytes = memory_gb * GIB
     try:
-        pieces = propagate(lowered, pieces, max_points=max_pieces + 1)
+        pieces = propagate(lowered, pieces, max_points=max_pieces + 1, keep_input=True)
         return spec_along(lowered, pieces, spec, lo, hi, max_pieces)
     except MemoryLimit as exc:
         raise MemoryLimit(f"{exc}, over max_memory_gb={memory_gb:g}: raise it, or use a sound certifier "
@@ -151,8 +156,9 @@ def analyse_line(lowered: Lowered, spec: Spec, lo: float, hi: float, max_pieces:
 
 
 def spec_along(lowered: Lowered, pieces: Pieces, spec: Spec, lo: float, hi: float, max_pieces: int) -> LineAnalysis:
-    """Split the propagated pieces where a spec row (or, inside a clause, the order of two rows) changes, then
-    evaluate every breakpoint directly."""
+    """Split the propagated pieces (propagated with ``keep_input``) where a spec row (or, inside a clause, the
+    order of two rows) changes; the rows at every breakpoint are the interpolated outputs', checked directly at
+    the breakpoints that decide the verdict."""
     C, d = spec.C, spec.d
     y = pieces.values[lowered.output].reshape(pieces.count, -1)
     rows = y @ C.T + d
@@ -162,18 +168,43 @@ def spec_along(lowered: Lowered, pieces: Pieces, spec: Spec, lo: float, hi: floa
         if pairs:
             g = torch.cat([rows, rows[:, [a for a, _ in pairs]] - rows[:, [b for _, b in pairs]]], dim=1)
     (y,) = pieces.split(g, [y], max_points=max_pieces + 1)
-    t = lo + pieces.t * (hi - lo)
-    t[0], t[-1] = lo, hi  # exact ends, whatever lo + 1.0 * (hi - lo) rounds to
-    direct = forward_chunked(lowered, t.reshape(-1, 1)).reshape(t.numel(), -1)
-    interpolation_error = float((direct - y).abs().max()) if y.numel() else 0.0
-    rows = direct @ C.T + d
+    # The breakpoints: the inputs carried with the values (each within its rounding of the exact point its values
+    # belong to, see interpolation_bounds); the ends are exact, a split only adds points inside pieces.
+    t = pieces.values[-1].reshape(-1).clone()
+    t[0], t[-1] = lo, hi
+    rows = y @ C.T + d
     margins = spec.reduce(rows)
     mid_margins = spec.reduce((rows[:-1] + rows[1:]) / 2)  # rows are affine on each piece, their order fixed
-    box = error_bounds(lowered, torch.tensor([lo], dtype=torch.float64), torch.tensor([hi], dtype=torch.float64))
-    rounding = float(box.rows(lowered, C, d).max())
+    lo_t, hi_t = torch.tensor([lo], dtype=torch.float64), torch.tensor([hi], dtype=torch.float64)
+    interpolated = interpolation_bounds(lowered, lo_t, hi_t)
+    rounding = float(interpolated.rows(lowered, C, d).max())
     if not math.isfinite(rounding):
         raise GcertError("the network's values are too large for a float64 rounding bound; no exact verdict")
-    return LineAnalysis(t, margins, mid_margins > 0, rounding, interpolation_error)
+    sample = decisive_points(margins, CHECKED_POINTS)
+    direct = forward_chunked(lowered, t[sample].reshape(-1, 1)).reshape(sample.numel(), -1)
+    gap = (direct - y[sample]).abs()
+    located = interpolation_bounds(lowered, lo_t, hi_t, at_stored_inputs=True)  # a forward pass runs there
+    out_bound = located.error[lowered.output] + error_bounds(lowered, lo_t, hi_t).error[lowered.output]
+    if bool((gap > out_bound.reshape(1, -1)).any()):
+        raise GcertError(f"the outputs interpolated along the pieces differ from a direct forward pass by "
+                         f"{float(gap.max()):.3g}, beyond their error bound: the pieces are not exact here "
+                         "(please report it); no exact verdict")
+    interpolation_error = float(gap.max()) if gap.numel() else 0.0
+    return LineAnalysis(t, margins, mid_margins > 0, rounding, interpolation_error, int(sample.numel()), mid_margins)
+
+
+def decisive_points(margins: Tensor, spread: int) -> Tensor:
+    """Indices of the breakpoints whose margins decide a verdict: the ends, the smallest margins, both sides of
+    every sign change (at most ``spread`` of them, nearest the minimum first) and ``spread`` evenly spaced."""
+    p = margins.numel()
+    low = torch.topk(margins, min(p, 8), largest=False).indices
+    sign = margins > 0
+    change = (sign[1:] != sign[:-1]).nonzero().reshape(-1)
+    if change.numel() > spread:
+        change = change[torch.topk(margins[change].abs(), spread, largest=False).indices]
+    even = torch.linspace(0, p - 1, min(p, spread)).round().long()
+    ends = torch.tensor([0, p - 1])
+    return torch.unique(torch.cat([ends, low, change, change + 1, even]))
 
 
 MARGIN_CURVE_POINTS = 1000
@@ -241,8 +272,13 @@ def line_outcome(line: LineAnalysis, problem: Problem, lowered: Lowered) -> Outc
                              f"{line.pad:.3g} of 0: neither verdict can be trusted")
         return Outcome("unknown", max_delta=max_delta, **common)
     mids = (line.t[:-1] + line.t[1:]) / 2
-    mid_margins = problem.spec.margin(forward_chunked(lowered, mids.reshape(-1, 1)))
     candidates = torch.cat([line.t, mids])
-    margins = torch.cat([line.margins, mid_margins.to(line.margins.dtype)])
-    witness = candidates[int(margins.argmin())].reshape(1)
+    margins = torch.cat([line.margins, line.mid_margins if line.mid_margins is not None else line.margins[:0]])
+    # The witness is a point whose margin a direct forward pass finds <= 0: the lowest interpolated ones first.
+    order = torch.topk(margins, min(64, margins.numel()), largest=False).indices
+    direct = problem.spec.margin(forward_chunked(lowered, candidates[order].reshape(-1, 1)))
+    if not bool((direct <= 0).any()):  # all within rounding of 0: look at every candidate
+        order = torch.arange(candidates.numel())
+        direct = problem.spec.margin(forward_chunked(lowered, candidates.reshape(-1, 1)))
+    witness = candidates[order[int(direct.argmin())]].reshape(1)
     return Outcome("falsified", max_delta=max_delta, witness_t=witness, **common)

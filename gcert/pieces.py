@@ -83,11 +83,19 @@ class Pieces:
         subkeys = torch.cat([torch.zeros(self.count, dtype=alpha.dtype), alpha])
         order = torch.sort(subkeys, stable=True).indices
         order = order[torch.sort(keys[order], stable=True).indices]
+        total = self.count + piece.numel()
+        place = torch.empty(total, dtype=torch.long)
+        place[order] = torch.arange(total)  # where each old point, then each new one, lands
+        old_place, new_place = place[: self.count], place[self.count :]
 
         def interpolate(v: Tensor) -> Tensor:
+            # v_a + w (v_b - v_a), written straight into place (no concatenated copy to reorder)
             w = alpha.reshape(-1, *([1] * (v.dim() - 1))).to(v.dtype)
-            new = v[piece] + w * (v[piece + 1] - v[piece])
-            return torch.cat([v, new])[order]
+            a = v[piece]
+            new = v[piece + 1].sub_(a).mul_(w).add_(a)
+            out = v.new_empty((total, *v.shape[1:]))
+            out.index_copy_(0, old_place, v)
+            return out.index_copy_(0, new_place, new)
 
         self.t = interpolate(self.t)
         self.seg = torch.cat([self.seg, self.seg[piece]])[order]
@@ -104,10 +112,12 @@ def start(lowered: Lowered, starts: Tensor, ends: Tensor) -> Pieces:
     return Pieces(t, seg, {-1: x})
 
 
-def propagate(lowered: Lowered, pieces: Pieces, stop: int | None = None, max_points: int | None = None) -> Pieces:
+def propagate(lowered: Lowered, pieces: Pieces, stop: int | None = None, max_points: int | None = None,
+              keep_input: bool = False) -> Pieces:
     """Run nodes ``0 .. stop-1`` (all by default), which must be piecewise linear, splitting as needed.
 
-    Values no later node reads are dropped as soon as possible; the output stays.
+    Values no later node reads are dropped as soon as possible; the output stays, and with ``keep_input`` the
+    network input too (the breakpoints' own coordinates, interpolated like every value).
     """
     stop = len(lowered.nodes) if stop is None else stop
     last = lowered.last_use()
@@ -128,7 +138,7 @@ def propagate(lowered: Lowered, pieces: Pieces, stop: int | None = None, max_poi
         for j in set(node.inputs):
             if j >= 0 and last[j] <= k and j != lowered.output:
                 pieces.values.pop(j, None)
-        if k >= input_last and lowered.output != -1:
+        if k >= input_last and lowered.output != -1 and not keep_input:
             pieces.values.pop(-1, None)
     return pieces
 

@@ -53,9 +53,13 @@ class Problem:
     def lowered(self) -> Any:
         """N lowered into primitive float64 ops (:mod:`gcert.lowering`), built once and shared by native certifiers."""
         if self._lowered is None:
+            from gcert.composed_cache import lowered_composition
             from gcert.lowering import lower
 
-            self._lowered = lower(self.composed(), (self.region.dim,))
+            n = self.composed()  # the lowering of f o G is shared by every problem of this generator and network
+            self._lowered = lowered_composition(n.embed, n.generator, n.network, self.region.dim)
+            if self._lowered is None:
+                self._lowered = lower(n, (self.region.dim,))
         return self._lowered
 
     @property

@@ -87,6 +87,9 @@ class Task:
         return task_key(self.input_id, self.mutation, self.delta, self.certifier)
 
 
+INVERT_BLOCK = 32  # inputs inverted together, when the generator's inverter batches them
+
+
 class Context:
     """A loaded run: registry, model, data and parsed options; turns tasks into certificates."""
 
@@ -249,13 +252,12 @@ class Context:
         mutation = self.mutations[task.mutation]
         gen_spec = self.registry.generator_spec(mutation.generator)
         generator = self.registry.generator(mutation.generator)
-        image = self.data.images[task.index]
         if gen_spec.invert is None:
             raise GcertError(f"generator {gen_spec.name!r} cannot invert inputs, so mutation {task.mutation!r} "
                              "cannot start from --data; use its zoo samples")
         key = (gen_spec.name, task.index)
         if key not in self._inverted:  # one inversion per input and generator, whatever the tasks
-            self._inverted[key] = gen_spec.invert(generator, image)
+            self._invert_block(gen_spec, generator, task.index)
         control, inversion_error = self._inverted[key]
         region = self.registry.pm.hook.gcert_input_region(
             mutation=mutation, generator=generator, control=control, delta=task.delta)
@@ -264,6 +266,19 @@ class Context:
         spec = self.spec(task.index)
         meta["unit"] = mutation.unit
         return Problem(self.network, generator, region, spec, meta), float(inversion_error)
+
+    def _invert_block(self, gen_spec: Any, generator: nn.Module, index: int) -> None:
+        """Invert input ``index``, with the other inputs of its block of ``INVERT_BLOCK`` when the inverter batches
+        (``invert_many``): tasks reach a process in input order, so its next inputs are mostly there."""
+        many = getattr(gen_spec.invert, "invert_many", None)
+        if many is None:
+            self._inverted[(gen_spec.name, index)] = gen_spec.invert(generator, self.data.images[index])
+            return
+        first = index - index % INVERT_BLOCK
+        block = [i for i in range(first, min(first + INVERT_BLOCK, len(self.data.ids)))
+                 if (gen_spec.name, i) not in self._inverted]
+        for i, result in zip(block, many(generator, self.data.images[block]), strict=True):
+            self._inverted[(gen_spec.name, i)] = result
 
     def spec(self, index: int) -> Spec:
         outputs = self.clean_outputs(index)

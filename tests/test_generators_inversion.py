@@ -74,3 +74,37 @@ def test_strip_runs_from_the_start_to_the_end_of_the_segment(tmp_path):
     assert png.shape == ((2 * 2 + 1) * 3, (2 + 3 + 5 * 2 + 4) * 3, 3)
     expected = (images[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     assert np.array_equal(png[0:6:3, 15:21:3], expected)
+
+
+def test_inversion_adam_is_torch_adam_step_for_step():
+    from gcert.generators.inversion import _Adam
+
+    torch.manual_seed(0)
+    gen = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 9))
+    target = torch.rand(1, 9)
+    z0 = torch.randn(4)
+    mine, ref = z0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    ours, theirs = _Adam(mine, 0.05), torch.optim.Adam([ref], lr=0.05)
+    for _ in range(50):
+        for z in (mine, ref):
+            z.grad = None
+            (gen(z.unsqueeze(0)) - target).pow(2).mean().backward()
+        ours.step()
+        theirs.step()
+        assert torch.equal(mine, ref)  # bitwise: the inversion's results do not move
+
+
+def test_batched_inversion_finds_what_one_by_one_finds():
+    from gcert.generators.inversion import invert, invert_many
+
+    torch.manual_seed(1)
+    gen = torch.nn.Sequential(torch.nn.Linear(3, 24), torch.nn.ReLU(), torch.nn.Linear(24, 16), torch.nn.Sigmoid())
+    images = gen(torch.randn(5, 3)).detach() + 0.01 * torch.rand(5, 16)
+    bounds = (-torch.ones(3), torch.ones(3))
+    many = invert_many(gen, images, (3,), restarts=3, steps=60, bounds=bounds)
+    for image, got in zip(images, many, strict=True):
+        want = invert(gen, image, (3,), restarts=3, steps=60, bounds=bounds)
+        assert abs(got.error - want.error) <= 1e-5 + 1e-3 * want.error  # the same quality (restarts may tie)
+        if got.restart == want.restart:
+            assert torch.allclose(got.control, want.control, atol=1e-4)
+        assert bool((got.control.abs() <= 1).all())
