@@ -27,7 +27,8 @@ from gcert.errors import GcertError, PluginError, UnknownNameError, one_line
 
 PROJECT = "gcert"
 # Used only when gcert runs from a source tree that was never installed (no entry points).
-BUILTIN_PLUGINS = ("regions", "pixel", "interval", "sampling", "zoo", "exactline", "genprover", "deeppoly", "weather")
+BUILTIN_PLUGINS = ("regions", "pixel", "interval", "sampling", "zoo", "exactline", "genprover", "deeppoly", "weather",
+                   "bab")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,282 @@
+"""The ``bab`` certifier: branch and bound by input splitting over the batched CROWN of :mod:`gcert.crown`.
+
+The frontier of undecided sub-boxes is bounded in one batched propagation per step (alpha-optimised lower ReLU
+slopes, warm-started from the parent domain); each undecided domain is split on the dimension its linear lower
+bound is most sensitive to (|input coefficient| x width). An attack runs first and on the worst domains during the
+search. Anytime: the record says how many domains were bounded, the best global lower bound and why it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import gcert
+from gcert.attack import cheap_answer, descend, search
+from gcert.contracts import Certifier, Outcome
+from gcert.crown import BatchedCrown, check_supported
+from gcert.errors import GcertError
+from gcert.problem import Problem
+from gcert.regions import LpBall
+
+Tensor = torch.Tensor
+_WARM_BUDGET = 50_000_000  # float32 alpha entries kept for warm starts across the frontier (~200 MB)
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    """Settings of ``bab``."""
+
+    timeout: float = 60.0  # seconds for the whole search (anytime: 'unknown' with the best bound when it runs out)
+    batch: int = 64  # domains split per step (2 x batch bounded in one propagation)
+    max_domains: int = 200_000  # largest frontier of undecided domains before giving up
+    alpha_iters: int = 5  # projected-gradient (Adam) steps on the lower ReLU slopes per batch (0 = plain CROWN)
+    alpha_lr: float = 0.1
+    attack_restarts: int = 8  # PGD starts before the search (and from the worst domains during it)
+    attack_every: int = 10  # steps between attacks from the worst domains' centres
+    cheap_first: bool = True  # the host's short attack and one interval pass before anything
+
+    def __post_init__(self) -> None:
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise GcertError(f"bab.timeout must be a finite number of seconds > 0, got {self.timeout}")
+        for name in ("batch", "max_domains"):
+            if getattr(self, name) < 1:
+                raise GcertError(f"bab.{name} must be an integer >= 1, got {getattr(self, name)}")
+        for name in ("alpha_iters", "attack_restarts", "attack_every"):
+            if getattr(self, name) < 0:
+                raise GcertError(f"bab.{name} must be an integer >= 0, got {getattr(self, name)}")
+        if not self.alpha_lr > 0:
+            raise GcertError(f"bab.alpha_lr must be > 0, got {self.alpha_lr}")
+
+
+@dataclass
+class _Bounded:
+    margin: Tensor  # (N,) sound lower bound of the spec margin per domain
+    rows: Tensor  # (N, m) sound lower bounds of the spec rows
+    lam_in: Tensor  # (N, m, d) input coefficients of the rows' linear lower bounds
+    alphas: dict[int, Tensor]  # node -> (N, m, *shape) slopes used, for warm starts
+
+
+def bound_domains(problem: Problem, lo: Tensor, hi: Tensor, options: BabOptions,
+                  warm: dict[int, Tensor] | None = None) -> _Bounded:
+    """Sound bounds of the spec over each box ``[lo[i], hi[i]]`` (N, d), in one batched CROWN pass."""
+    region, spec = problem.region, problem.spec
+    crown = BatchedCrown(problem.lowered(), lo, hi, region if isinstance(region, LpBall) else None)
+    C, d = spec.C, spec.d
+    with torch.no_grad():
+        rows, lam_in = crown.output_bounds(C, d)
+    alphas: dict[int, Tensor] = {}
+    if options.alpha_iters > 0 and crown.free_nodes():
+        alphas = crown.default_alphas(C.shape[0])
+        for k, a in (warm or {}).items():
+            if k in alphas and a.shape == alphas[k].shape:
+                alphas[k] = a.to(torch.float64)
+        params = [a.requires_grad_(True) for a in alphas.values()]
+        _adam_ascent(params, lambda: crown.output_bounds(C, d, alphas)[0].clamp(max=1.0).sum(),
+                     options.alpha_iters, options.alpha_lr)  # rows already safely positive need no more
+        with torch.no_grad():
+            tuned, tuned_in = crown.output_bounds(C, d, alphas)
+        better = tuned > rows  # both are sound per row: keep the better one, and its coefficients
+        rows = torch.where(better, tuned, rows)
+        lam_in = torch.where(better.unsqueeze(2), tuned_in, lam_in)
+        alphas = {k: a.detach().float() for k, a in alphas.items()}
+    return _Bounded(spec.reduce(rows), rows, lam_in, alphas)
+
+
+def _adam_ascent(params: list[Tensor], objective: Callable[[], Tensor], steps: int, lr: float) -> None:
+    """Projected gradient ascent (Adam steps) of ``objective`` on slopes kept in [0, 1], in place.
+
+    Written out rather than torch.optim.Adam, whose import pulls in torch._dynamo (1.6 s per process)."""
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    b1, b2 = 0.9, 0.999
+    for k in range(1, steps + 1):
+        grads = torch.autograd.grad(objective(), params, allow_unused=True)
+        with torch.no_grad():
+            for p, g, mk, vk in zip(params, grads, m, v, strict=True):
+                if g is None:
+                    continue
+                mk.mul_(b1).add_(g, alpha=1 - b1)
+                vk.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = lr * (mk / (1 - b1**k)) / ((vk / (1 - b2**k)).sqrt() + 1e-8)
+                p.add_(step).clamp_(0.0, 1.0)  # leaky slopes are clamped to their own range inside the engine
+
+
+def split_scores(spec_rows: Tensor, lam_in: Tensor, width: Tensor, conjunctive: bool) -> Tensor:
+    """How much each input dimension of each domain costs the bound: sum over the rows still unproven of
+    |coefficient| x width, (N, d). Widths of 0 score 0."""
+    weight = (spec_rows <= 0).to(lam_in.dtype) if conjunctive else torch.ones_like(spec_rows)
+    return (weight.unsqueeze(2) * lam_in.abs()).sum(1) * width
+
+
+class BranchAndBound(Certifier):
+    name = "bab"
+    guarantee = "complete"
+    description = "branch and bound: batched alpha-CROWN bounds, input splitting by bound sensitivity, PGD attack"
+    Options = BabOptions
+
+    def prepare(self, problem: Problem) -> None:
+        check_supported(problem.lowered())
+
+    def certify(self, problem: Problem, options: BabOptions) -> Outcome:
+        lowered = problem.lowered()
+        check_supported(lowered)
+        start = time.perf_counter()
+        tried: dict[str, object] = {}
+        if options.cheap_first:
+            early, tried = cheap_answer(problem)
+            if early is not None:
+                return early
+        search_state = _Search(problem, options, start)
+        outcome = search_state.run()
+        outcome.details = {**tried, **outcome.details, "seconds_search": round(time.perf_counter() - start, 4)}
+        if not lowered.piecewise_linear:
+            outcome.details["guarantee_here"] = "sound (smooth activations: not complete)"
+        return outcome
+
+
+class _Search:
+    """The frontier (tensors of sub-boxes and their bounds) and the loop over it."""
+
+    def __init__(self, problem: Problem, options: BabOptions, start: float):
+        self.problem, self.options, self.start = problem, options, start
+        region = problem.region
+        self.lo = region.lower.reshape(1, -1).double()
+        self.hi = region.upper.reshape(1, -1).double()
+        self.done_min = math.inf  # smallest lower bound among domains proven (leaves that left the frontier)
+        self.visited = 0
+        self.max_frontier = 1
+        self.best_upper = math.inf
+        self.warm = True
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def _bound(self, lo: Tensor, hi: Tensor, warm: dict[int, Tensor] | None) -> _Bounded:
+        self.visited += lo.shape[0]
+        return bound_domains(self.problem, lo, hi, self.options, warm)
+
+    def _probe(self, points: Tensor) -> tuple[float, Tensor | None]:
+        """The lowest margin among points projected into the region, and that point if it violates the spec."""
+        pts = self.problem.region.project(points)
+        margins = self.problem.margins(pts)
+        k = int(margins.argmin())
+        m = float(margins[k])
+        self.best_upper = min(self.best_upper, m)
+        return m, (pts[k] if m <= 0 else None)
+
+    def run(self) -> Outcome:
+        options, problem = self.options, self.problem
+        conj = problem.spec.conjunctive
+        first = self._bound(self.lo, self.hi, None)
+        lo, hi, bnd = self.lo, self.hi, first
+        steps, reason = 0, "timeout"
+        witness: Tensor | None = None
+        if float(first.margin.min()) <= 0 and options.attack_restarts:
+            # the whole region's bound does not decide it: attack properly before searching
+            found = search(problem, samples=256, steps=30, starts=options.attack_restarts, seed=1)
+            self.best_upper = min(self.best_upper, found.margin)
+            if found.margin <= 0:
+                lo, hi, witness, reason = lo[:0], hi[:0], found.point, "counterexample (attack)"
+        stuck = torch.zeros(0, lo.shape[1], dtype=torch.float64), torch.zeros(0, lo.shape[1], dtype=torch.float64)
+        stuck_lb = math.inf
+        while witness is None:
+            keep = bnd.margin <= 0
+            if bool((~keep).any()):
+                self.done_min = min(self.done_min, float(bnd.margin[~keep].min()))
+            lo, hi = lo[keep], hi[keep]
+            bnd = _Bounded(bnd.margin[keep], bnd.rows[keep], bnd.lam_in[keep], {k: a[keep] for k, a in
+                                                                                    bnd.alphas.items()})
+            if lo.shape[0] == 0:
+                reason = "all domains certified" if stuck[0].shape[0] == 0 else "unsplittable domains left"
+                break
+            self.max_frontier = max(self.max_frontier, lo.shape[0])
+            if self.elapsed() > options.timeout:
+                reason = "timeout"
+                break
+            if lo.shape[0] > options.max_domains:
+                reason = "max_domains"
+                break
+            steps += 1
+            if options.attack_restarts and options.attack_every and steps % options.attack_every == 0:
+                worst = bnd.margin.argsort()[: min(4, lo.shape[0])]
+                refined = descend(problem, problem.region.project((lo[worst] + hi[worst]) / 2), 20)
+                m, witness = self._probe(refined)
+                if witness is not None:
+                    reason = "counterexample"
+                    break
+            # the worst domains first: they decide the global bound and hold counterexamples if any
+            order = bnd.margin.argsort()
+            pick, rest = order[: options.batch], order[options.batch:]
+            plo, phi = lo[pick], hi[pick]
+            width = phi - plo
+            scores = split_scores(bnd.rows[pick], bnd.lam_in[pick], width, conj)
+            dim = scores.argmax(dim=1)
+            no_score = scores.gather(1, dim.unsqueeze(1))[:, 0] <= 0
+            dim = torch.where(no_score, width.argmax(dim=1), dim)  # fall back to the widest dimension
+            rows = torch.arange(plo.shape[0])
+            a, b = plo[rows, dim], phi[rows, dim]
+            mid = (a + b) / 2
+            splittable = (a < mid) & (mid < b)
+            if not bool(splittable.all()):  # float64 cannot split these further: they stay undecided
+                stuck = (torch.cat([stuck[0], plo[~splittable]]), torch.cat([stuck[1], phi[~splittable]]))
+                stuck_lb = min(stuck_lb, float(bnd.margin[pick][~splittable].min()))
+                plo, phi, dim, mid = plo[splittable], phi[splittable], dim[splittable], mid[splittable]
+                pick = pick[splittable]
+                rows = torch.arange(plo.shape[0])
+            left_hi, right_lo = phi.clone(), plo.clone()
+            left_hi[rows, dim], right_lo[rows, dim] = mid, mid
+            clo, chi = torch.cat([plo, right_lo]), torch.cat([left_hi, phi])
+            warm = self._warm({k: a[pick] for k, a in bnd.alphas.items()}, lo.shape[0])
+            if clo.shape[0]:
+                m, witness = self._probe((clo + chi) / 2)
+                if witness is not None:
+                    lo, hi = torch.cat([lo[rest], clo]), torch.cat([hi[rest], chi])
+                    reason = "counterexample"
+                    break
+                child = self._bound(clo, chi, warm)
+            else:
+                child = None
+            rest_b = _Bounded(bnd.margin[rest], bnd.rows[rest], bnd.lam_in[rest],
+                              {k: a[rest] for k, a in bnd.alphas.items()})
+            lo, hi = torch.cat([lo[rest], clo]), torch.cat([hi[rest], chi])
+            bnd = rest_b if child is None else _concat(rest_b, child)
+        frontier_min = float(bnd.margin.min()) if bnd.margin.numel() else math.inf
+        lower = min(self.done_min, frontier_min, stuck_lb)
+        details = {"domains": self.visited, "max_frontier": self.max_frontier, "steps": steps, "stopped": reason,
+                   "frontier": int(lo.shape[0]) + int(stuck[0].shape[0]), "seconds_bab": round(self.elapsed(), 4)}
+        upper = self.best_upper if math.isfinite(self.best_upper) else None
+        if witness is not None:
+            return Outcome("falsified", margin_upper=upper, witness_t=witness, details=details)
+        if reason == "all domains certified" and lower > 0:
+            return Outcome("certified", margin_lower=lower, margin_upper=upper, details=details)
+        details["best_lower_bound"] = lower
+        return Outcome("unknown", margin_lower=lower if math.isfinite(lower) else None, margin_upper=upper,
+                       details=details)
+
+    def _warm(self, alphas: dict[int, Tensor], frontier: int) -> dict[int, Tensor] | None:
+        """The parents' slopes for both children, unless holding them for the whole frontier costs too much."""
+        if not alphas:
+            return None
+        per_domain = sum(a[0].numel() for a in alphas.values())
+        if per_domain * frontier > _WARM_BUDGET:
+            return None
+        return {k: torch.cat([a, a]) for k, a in alphas.items()}
+
+
+def _concat(a: _Bounded, b: _Bounded) -> _Bounded:
+    if a.margin.numel() == 0:
+        return b
+    keys = set(a.alphas) & set(b.alphas)
+    alphas = {k: torch.cat([a.alphas[k], b.alphas[k]]) for k in keys if a.alphas[k].shape[1:] == b.alphas[k].shape[1:]}
+    return _Bounded(torch.cat([a.margin, b.margin]), torch.cat([a.rows, b.rows]), torch.cat([a.lam_in, b.lam_in]),
+                    alphas)
+
+
+@gcert.hookimpl
+def gcert_register_certifiers(register: Callable[[Certifier], None]) -> None:
+    register(BranchAndBound())
