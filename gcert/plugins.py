@@ -22,6 +22,7 @@ import pluggy
 from torch import nn
 
 from gcert import hookspecs
+from gcert.composite import SEPARATOR, compose
 from gcert.contracts import GUARANTEES, Certifier, GeneratorSpec, Mutation
 from gcert.errors import GcertError, PluginError, UnknownNameError, one_line
 
@@ -172,6 +173,8 @@ class Registry:
         return list(self.pm.gcert_plugin_info)  # type: ignore[attr-defined]
 
     def mutation(self, name: str) -> Mutation:
+        if name not in self.mutations and SEPARATOR in name:  # several at once: a box (gcert.composite)
+            return compose(name, [self._get(self.mutations, "mutation", part) for part in name.split(SEPARATOR)])
         return self._get(self.mutations, "mutation", name)
 
     def certifier(self, name: str) -> Certifier:
