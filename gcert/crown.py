@@ -137,28 +137,55 @@ class BatchedCrown:
     """Intermediate bounds of a lowered network over B input boxes ``lo, hi`` (B, *input_shape), and sound
     lower bounds of linear functions of its output over each box.
 
+    ``splits`` (activation node -> (B, *shape) of +1 / -1 / 0) restricts each domain to inputs where those
+    activations' inputs are >= 0 / <= 0; ``fixed`` (value index -> Box, batch 1 or B) gives bounds already known
+    for a superset of every domain (the parent's), used instead of recomputing them.
+
     Values that feed an activation or max-pool are tightened by back-substitution (as ERAN does), for the entries
     whose relaxation depends on it; every other value keeps its interval bounds. ``ball`` (an Lp ball with p < inf,
     containing every box's share of the region) adds a dual-norm concretisation.
     """
 
-    def __init__(self, lowered: Lowered, lo: Tensor, hi: Tensor, ball: object | None = None):
+    def __init__(self, lowered: Lowered, lo: Tensor, hi: Tensor, ball: object | None = None,
+                 splits: dict[int, Tensor] | None = None, fixed: dict[int, Box] | None = None):
         self.lowered, self.ball = lowered, ball
         self.batch = lo.shape[0]
         shape = lowered.input_shape
         self.boxes: dict[int, Box] = {-1: Box(lo.reshape(-1, *shape).double(), hi.reshape(-1, *shape).double())}
         self.relax: dict[int, Relaxation | PoolRelaxation] = {}
         self._weights: dict[int, Tensor] = {}
+        self.splits = splits or {}
+        # a domain whose split constraints contradict its own sound bounds is empty: nothing there to certify
+        self.infeasible = torch.zeros(self.batch, dtype=torch.bool, device=lo.device)
         with torch.no_grad():
             for k, node in enumerate(lowered.nodes):
                 if isinstance(node.op, Activation | MaxPool):
                     src = node.inputs[0]
-                    if src >= 0 and not isinstance(lowered.nodes[src].op, Activation | MaxPool):
+                    if fixed is not None and src in fixed:  # bounds of a superset (the parent domain): kept
+                        lo_f, hi_f = fixed[src].lo, fixed[src].hi
+                        old = self.boxes[src]
+                        self.boxes[src] = Box(torch.maximum(old.lo, lo_f), torch.maximum(torch.minimum(old.hi, hi_f),
+                                                                                         torch.maximum(old.lo, lo_f)))
+                    elif src >= 0 and not isinstance(lowered.nodes[src].op, Activation | MaxPool):
+                        self.boxes[src] = self._constrain(k, self.boxes[src])
                         self.boxes[src] = self._tighten(src, _undecided(node.op, self.boxes[src]))
+                    self.boxes[src] = self._constrain(k, self.boxes[src])
                     box = self.boxes[src]
                     self.relax[k] = (_relax_pool(node.op, box.lo, box.hi) if isinstance(node.op, MaxPool)
                                      else relax_activation(node.op, box.lo, box.hi))
                 self.boxes[k] = node_box(node.op, [self.boxes[j] for j in node.inputs])
+
+    def _constrain(self, k: int, box: Box) -> Box:
+        """The box of activation ``k``'s input within each domain's split constraints (+1: >= 0, -1: <= 0)."""
+        split = self.splits.get(k)
+        if split is None:
+            return box
+        split = split.reshape(box.lo.shape)
+        lo = torch.where(split > 0, box.lo.clamp(min=0.0), box.lo)
+        hi = torch.where(split < 0, box.hi.clamp(max=0.0), box.hi)
+        empty = (lo > hi).reshape(self.batch, -1).any(dim=1)
+        self.infeasible |= empty
+        return Box(lo, torch.maximum(hi, lo))
 
     def shape(self, index: int) -> tuple[int, ...]:
         return self.lowered.input_shape if index < 0 else self.lowered.nodes[index].shape
@@ -210,13 +237,19 @@ class BatchedCrown:
             self._weights[j] = op.abs_linear(self._magnitude(self.lowered.nodes[j].inputs[0]))
         return self._weights[j]
 
-    def lower_bounds(self, target: int, lam: Tensor, const: Tensor, alphas: dict[int, Tensor] | None = None
+    def lower_bounds(self, target: int, lam: Tensor, const: Tensor, alphas: dict[int, Tensor] | None = None,
+                     record: dict[int, Tensor] | None = None, betas: dict[int, Tensor] | None = None
                      ) -> tuple[Tensor, Tensor]:
         """Sound lower bounds of ``lam . value[target] + const`` per domain and row, (B, R), and the input
         coefficients of the linear bound, (B, R, input size), before concretisation.
 
         ``lam`` is (B, R, *shape), ``const`` (B, R); ``alphas`` maps free activations to lower slopes (B, R, *shape)
-        (clamped into their sound range here). Rounding is bounded as in ``deeppoly.DeepPolyAnalysis.lower_bounds``.
+        (clamped into their sound range here). ``record`` receives, per activation, the coefficients of its output
+        (B, R, *shape) (what branching heuristics score). ``betas`` (activation node -> (B, R, *shape), clamped to
+        >= 0) are beta-CROWN's multipliers of the split constraints: on a domain where ``s z >= 0`` for the split
+        entries of an activation's input z, ``f >= f - beta s z``, so subtracting that term keeps the bound sound.
+        Rounding is bounded as in
+        ``deeppoly.DeepPolyAnalysis.lower_bounds``.
         """
         B, R = lam.shape[:2]
         coeffs: dict[int, Tensor] = {target: lam}
@@ -252,6 +285,8 @@ class BatchedCrown:
             elif isinstance(op, Activation):
                 r = self.relax[j]
                 assert isinstance(r, Relaxation)
+                if record is not None:
+                    record[j] = lam_j.detach()
                 al = r.al.unsqueeze(1)
                 if alphas is not None and j in alphas:
                     al = torch.where(r.free.unsqueeze(1), alphas[j].clamp(r.slope_lo, 1.0), al)
@@ -262,7 +297,13 @@ class BatchedCrown:
                 slope = torch.maximum(al.abs(), r.au.abs().unsqueeze(1)).reshape(B, al.shape[1], -1)
                 mag = self._magnitude(node.inputs[0]).reshape(B, 1, -1)
                 err = err + 4 * _U * (abs_j * slope * mag).sum(2)
-                _accumulate(coeffs, node.inputs[0], pos * al + neg * r.au.unsqueeze(1))
+                back = pos * al + neg * r.au.unsqueeze(1)
+                if betas is not None and j in betas and j in self.splits:
+                    sign = self.splits[j].reshape(B, 1, *node.shape).to(lam_j.dtype)
+                    lagrange = betas[j].clamp(min=0.0) * sign
+                    back = back - lagrange
+                    err = err + 2 * _U * ((lagrange.abs() + back.abs()).reshape(B, R, -1) * mag).sum(2)
+                _accumulate(coeffs, node.inputs[0], back)
             else:
                 r = self.relax[j]
                 assert isinstance(r, PoolRelaxation)
@@ -300,7 +341,9 @@ class BatchedCrown:
         size = size + (lam_in.abs() * torch.maximum(lo.abs(), hi.abs())).sum(2)
         return result - 2 * (err + gamma(terms + 2) * size) - 1e-300, lam_in
 
-    def output_bounds(self, C: Tensor, d: Tensor, alphas: dict[int, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    def output_bounds(self, C: Tensor, d: Tensor, alphas: dict[int, Tensor] | None = None,
+                      record: dict[int, Tensor] | None = None, betas: dict[int, Tensor] | None = None
+                      ) -> tuple[Tensor, Tensor]:
         """Lower bounds of the rows ``C @ y + d`` per domain, (B, m), and their input coefficients (B, m, n).
 
         The interval bound of the rows is sound too and kept where tighter.
@@ -314,7 +357,7 @@ class BatchedCrown:
         if out < 0:
             back, lam_in = self._input_rows(lam, const)
         else:
-            back, lam_in = self.lower_bounds(out, lam, const, alphas)
+            back, lam_in = self.lower_bounds(out, lam, const, alphas, record, betas)
         box = self.boxes[out]
         mid, rad = (box.lo + box.hi).reshape(self.batch, -1) / 2, (box.hi - box.lo).reshape(self.batch, -1) / 2
         y_mid, y_rad = mid @ C.T + d, rad @ C.abs().T
