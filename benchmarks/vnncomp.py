@@ -213,6 +213,18 @@ def majority(verdicts: Sequence[str]) -> str:
 
 # -------------------------------------------------------------------------------------------------------- main
 
+def _options(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``certifier.key=value`` strings -> {certifier: {key: value}} (values are parsed by each certifier)."""
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for item in items:
+        head, sep, value = item.partition("=")
+        cert, dot, key = head.partition(".")
+        if not (sep and dot and cert and key):
+            raise SystemExit(f"--option {item!r}: give certifier.key=value, e.g. bab.timeout=10")
+        out[cert][key] = value
+    return dict(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--conformance", type=Path, default=Path(os.environ.get("GCERT_CONFORMANCE", DEFAULT)))
@@ -224,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, default=None,
                     help="a VNN-COMP results repository (one folder per tool); replaces consensus.csv")
     ap.add_argument("--limit", type=int, default=None, help="instances per benchmark")
+    ap.add_argument("--option", action="append", default=[], metavar="CERTIFIER.KEY=VALUE",
+                    help="a certifier option, as gcert run -o (repeatable), e.g. bab.timeout=10")
     ap.add_argument("--workers", type=int, default=None, help="gcert.runner.run workers (default: automatic)")
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/results/vnncomp"))
     ap.add_argument("--name", default="vnncomp", help="report name (benchmarks/results/NAME.json and .md)")
@@ -281,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for net, props in by_net.items():
             out = args.workdir / f"{bench}-{net.stem}.jsonl"
             config = RunConfig(mutations=(), certifiers=certifiers, model=str(net), vnnlib=tuple(map(str, props)),
-                               plugins=PluginSettings.from_env())
+                               plugins=PluginSettings.from_env(), options=_options(args.option))
             start = time.perf_counter()
             run(config, out, workers=args.workers, progress=True)
             print(f"{bench} {net.name}: {len(props)} properties in {time.perf_counter() - start:.1f} s", flush=True)

@@ -8,6 +8,7 @@ search. Anytime: the record says how many domains were bounded, the best global 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ class BabOptions:
     max_domains: int = 200_000  # largest frontier of undecided domains before giving up
     alpha_iters: int = 5  # projected-gradient (Adam) steps on the lower ReLU slopes per batch (0 = plain CROWN)
     alpha_lr: float = 0.1
+    root_alpha_iters: int = 20  # the same on the whole region, before any split (it decides most easy instances)
     attack_restarts: int = 8  # PGD starts before the search (and from the worst domains during it)
     attack_every: int = 10  # steps between attacks from the worst domains' centres
     cheap_first: bool = True  # the host's short attack and one interval pass before anything
@@ -49,7 +51,7 @@ class BabOptions:
         for name in ("batch", "max_domains"):
             if getattr(self, name) < 1:
                 raise GcertError(f"bab.{name} must be an integer >= 1, got {getattr(self, name)}")
-        for name in ("alpha_iters", "attack_restarts", "attack_every", "input_split_dims"):
+        for name in ("alpha_iters", "root_alpha_iters", "attack_restarts", "attack_every", "input_split_dims"):
             if getattr(self, name) < 0:
                 raise GcertError(f"bab.{name} must be an integer >= 0, got {getattr(self, name)}")
         if not self.alpha_lr > 0:
@@ -216,6 +218,11 @@ class _Search:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def root_options(self) -> BabOptions:
+        """The options of the first bound, on the whole region: more alpha steps."""
+        iters = max(self.options.alpha_iters, self.options.root_alpha_iters) if self.options.alpha_iters else 0
+        return dataclasses.replace(self.options, alpha_iters=iters)
+
     def _bound(self, lo: Tensor, hi: Tensor, warm: dict[int, Tensor] | None) -> _Bounded:
         self.visited += lo.shape[0]
         return bound_domains(self.problem, lo, hi, self.options, warm)
@@ -232,7 +239,8 @@ class _Search:
     def run(self) -> Outcome:
         options, problem = self.options, self.problem
         conj = problem.spec.conjunctive
-        first = self._bound(self.lo, self.hi, None)
+        self.visited += 1
+        first = bound_domains(problem, self.lo, self.hi, self.root_options())
         lo, hi, bnd = self.lo, self.hi, first
         steps, reason = 0, "timeout"
         witness: Tensor | None = None
@@ -346,7 +354,7 @@ class _ReluSearch(_Search):
     def run(self) -> Outcome:
         options, problem = self.options, self.problem
         splits = {k: torch.zeros(1, n, dtype=torch.int8) for k, n in zip(self.relu_nodes, self.sizes, strict=True)}
-        bnd = self._bound_splits(splits, None)
+        bnd = self._bound_splits(splits, None, self.root_options())
         steps, reason, witness = 0, "timeout", None
         stuck_lb = math.inf
         stuck = 0
@@ -413,7 +421,8 @@ class _ReluSearch(_Search):
         return self._finish(reason, witness, lower, steps, int(bnd.margin.shape[0]) + stuck,
                             {"branching": "relu", "relus": sum(self.sizes)})
 
-    def _bound_splits(self, splits: dict[int, Tensor], warm: dict[Any, Tensor] | None) -> _Bounded:
+    def _bound_splits(self, splits: dict[int, Tensor], warm: dict[Any, Tensor] | None,
+                      options: BabOptions | None = None) -> _Bounded:
         n = next(iter(splits.values())).shape[0]
         self.visited += n
         if self.fixed is None:  # the root's intermediate bounds hold in every domain: computed once, then kept
@@ -422,8 +431,8 @@ class _ReluSearch(_Search):
                                 else None)
             nodes = self.problem.lowered().nodes
             self.fixed = {nodes[k].inputs[0]: root.boxes[nodes[k].inputs[0]] for k in self.relu_nodes}
-        return bound_domains(self.problem, self.lo.expand(n, -1), self.hi.expand(n, -1), self.options, warm,
-                             splits, self.fixed)
+        return bound_domains(self.problem, self.lo.expand(n, -1), self.hi.expand(n, -1), options or self.options,
+                             warm, splits, self.fixed)
 
 
 def _concat(a: _Bounded, b: _Bounded) -> _Bounded:
