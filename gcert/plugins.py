@@ -22,6 +22,7 @@ import pluggy
 from torch import nn
 
 from gcert import hookspecs
+from gcert.composite import SEPARATOR, compose
 from gcert.contracts import GUARANTEES, Certifier, GeneratorSpec, Mutation
 from gcert.errors import GcertError, PluginError, UnknownNameError, one_line
 from gcert.transforms import ResolvableTransform
@@ -29,7 +30,7 @@ from gcert.transforms import ResolvableTransform
 PROJECT = "gcert"
 # Used only when gcert runs from a source tree that was never installed (no entry points).
 BUILTIN_PLUGINS = ("regions", "pixel", "interval", "sampling", "zoo", "exactline", "genprover", "deeppoly", "weather",
-                   "transforms", "smoothing")
+                   "transforms", "smoothing", "bab")
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ class Registry:
         return list(self.pm.gcert_plugin_info)  # type: ignore[attr-defined]
 
     def mutation(self, name: str) -> Mutation:
+        if name not in self.mutations and SEPARATOR in name:  # several at once: a box (gcert.composite)
+            return compose(name, [self._get(self.mutations, "mutation", part) for part in name.split(SEPARATOR)])
         return self._get(self.mutations, "mutation", name)
 
     def certifier(self, name: str) -> Certifier:

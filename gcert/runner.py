@@ -452,7 +452,7 @@ def _zoo_network_for(mutations: tuple[str, ...], registry: Registry) -> str:
     """The zoo network the mutations' zoo generators are made for (manifest field ``network``), else the default."""
     from gcert import zoo
 
-    generators = {registry.mutation(m).generator for m in mutations if m in registry.mutations}
+    generators = {registry.mutation(m).generator for m in mutations if m in registry.mutations or "+" in m}
     networks = {e.get("network") for e in zoo.entries() if e["kind"] in GENERATOR_KINDS and e["name"] in generators}
     networks.discard(None)
     if len(networks) > 1:

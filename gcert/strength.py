@@ -44,6 +44,14 @@ def strength_range(mutation: Mutation) -> StrengthRange | None:
         return StrengthRange(0.0, math.inf, "delta is the radius of a pixel ball")
     if mutation.transform is not None:
         return StrengthRange(0.0, math.inf, "delta scales the transform's attack range about its identity")
+    from gcert.composite import CompositeMutation
+
+    if isinstance(mutation, CompositeMutation):  # delta scales every part's default: the tightest part decides
+        ranges = [(p, strength_range(p)) for p in mutation.components]
+        hi = min([r.hi / p.default_delta for p, r in ranges if r is not None and p.default_delta > 0],
+                 default=math.inf)
+        return StrengthRange(0.0, hi, "delta is the fraction of every part's default strength, from 0, and no part "
+                             "may leave its own range", soft=any(r is not None and r.soft for _, r in ranges))
     from gcert import zoo
 
     try:

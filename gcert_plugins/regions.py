@@ -1,4 +1,5 @@
-"""The default region of a mutation: GCert's segment along its direction, or a pixel Lp ball.
+"""The default region of a mutation: GCert's segment along its direction, a pixel Lp ball, or the box of a
+composite mutation (``rotate+scale``, :mod:`gcert.composite`).
 
 Registered ``trylast`` so any plugin's ``gcert_input_region`` that returns a region wins.
 """
@@ -10,12 +11,15 @@ from typing import Any
 import torch
 
 import gcert
+from gcert.composite import CompositeMutation, mutation_box
 from gcert.contracts import Mutation
 from gcert.regions import LpBall, Region, Segment
 
 
 @gcert.hookimpl(trylast=True)
 def gcert_input_region(mutation: Mutation, generator: Any, control: torch.Tensor, delta: float) -> Region:
+    if isinstance(mutation, CompositeMutation):
+        return mutation_box(mutation, generator, control, delta)
     if mutation.norm is not None:
         return LpBall(control, abs(delta), mutation.norm, clip=getattr(generator, "value_range", None))
     assert mutation.direction is not None

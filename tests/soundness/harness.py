@@ -45,6 +45,8 @@ OPTION_SETS: dict[str, list[dict[str, Any]]] = {
     "crown": [{}, {"splits": 4}],
     "ibp-lirpa": [{}, {"splits": 4}],
     "alpha-crown": [{"iterations": 3, "splits": 4}],
+    "bab": [{"timeout": 20}, {"timeout": 2, "batch": 4, "alpha_iters": 0, "attack_restarts": 0},
+            {"timeout": 2, "input_split_dims": 0, "attack_restarts": 0}],  # ReLU splitting with beta
 }
 
 
