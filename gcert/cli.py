@@ -129,10 +129,11 @@ def list_cmd(as_json: bool) -> None:
             click.echo(f"plugin {p['name']} ({p['origin']} {p['version']}) {state}".rstrip())
         for kind in ("mutations", "certifiers", "generators", "transforms"):
             click.echo(f"\n{kind}:")
+            width = max((len(name) for name in details[kind]), default=0)
             for name, d in details[kind].items():
                 extra = d.get("guarantee") or d.get("kind") or ("piecewise-linear" if d.get("piecewise_linear") else "")
                 extra = ",".join(d["params"]) if "params" in d else extra
-                click.echo(f"  {name:<14} {extra:<18} [{d['plugin']}] {d['description']}")
+                click.echo(f"  {name:<{width}} {extra:<18} [{d['plugin']}] {d['description']}")
         for line in reg.problems:
             click.echo(f"problem: {line}", err=True)
     if reg.problems or any(p["error"] for p in plugins):
