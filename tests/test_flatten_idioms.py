@@ -19,6 +19,7 @@ from gcert.plugins import PluginSettings, load_registry
 from gcert.problem import Problem
 from gcert.regions import LpBall, Segment
 from gcert.spec import Spec
+from gcert.transforms import Distribution, TransformRegion
 
 REGISTRY = load_registry(PluginSettings())  # built-ins and installed adapters (crown, ...)
 CERTIFIERS = sorted(REGISTRY.certifiers)
@@ -59,7 +60,14 @@ def test_every_certifier_takes_the_idiom(name, idiom):
     if name == "vnncomp":
         pytest.skip("vnncomp runs the external tool its -o command names (tests/test_vnncomp.py)")
     certifier = REGISTRY.certifier(name)
-    region = Segment(x0, (x0 + 0.05).clamp(0, 1)) if certifier.max_dim == 1 else LpBall(x0, 0.01, math.inf)
+    if "transform" in certifier.regions:  # smoothing: the brightness offsets b in [-0.02, 0.02] of x0
+        brightness = REGISTRY.transforms["brightness"].value
+        region = TransformRegion(brightness, x0, torch.tensor([-0.02]), torch.tensor([0.02]),
+                                 (Distribution("normal", 0.1),))
+    elif certifier.max_dim == 1:
+        region = Segment(x0, (x0 + 0.05).clamp(0, 1))
+    else:
+        region = LpBall(x0, 0.01, math.inf)
     problem = Problem(net, nn.Identity(), region, Spec.top1(label, 3))
     try:
         certifier.prepare(problem)
@@ -71,7 +79,7 @@ def test_every_certifier_takes_the_idiom(name, idiom):
     ts = region.sample(2000, torch.Generator().manual_seed(3))
     with torch.no_grad():
         sampled = problem.spec.margin(copy.deepcopy(problem.composed()).double()(ts.double()))
-    if out.verdict == "certified":
+    if out.verdict == "certified" and certifier.guarantee != "probabilistic":  # smoothing speaks of the smoothed h
         assert float(sampled.min()) > 0
     if out.margin_lower is not None and out.verdict != "falsified":
         assert out.margin_lower <= float(sampled.min()) + 1e-9
