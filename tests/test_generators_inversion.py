@@ -108,3 +108,21 @@ def test_batched_inversion_finds_what_one_by_one_finds():
         if got.restart == want.restart:
             assert torch.allclose(got.control, want.control, atol=1e-4)
         assert bool((got.control.abs() <= 1).all())
+
+
+def test_runner_inverts_a_block_of_inputs_as_one_by_one_would():
+    from gcert.runner import Context, RunConfig
+
+    ctx = Context(RunConfig(mutations=("rotate",), certifiers=("exactline",), limit=3))
+    task = next(t for t in ctx.tasks() if t.index == 1)
+    _, error = ctx.problem(task)
+    gen_spec = ctx.registry.generator_spec(ctx.mutations["rotate"].generator)
+    assert sorted(i for _, i in ctx._inverted) == [0, 1, 2]  # the block, at once
+    generator = ctx.registry.generator(gen_spec.name)
+    for i in range(3):
+        fresh = type(gen_spec.invert)(gen_spec.invert.name, gen_spec.invert.dim, gen_spec.invert.factors)
+        control, want = fresh(generator, ctx.data.images[i])  # one image, the unbatched search
+        got_control, got = ctx._inverted[(gen_spec.name, i)]
+        assert abs(got - want) <= 1e-5 + 1e-3 * want
+        assert torch.allclose(got_control, control, atol=1e-3)
+    assert error == ctx._inverted[(gen_spec.name, 1)][1]

@@ -118,3 +118,15 @@ def test_float32_unrepresentable_ends_stay_exact():
                       Spec.top1(0, 4), {"delta": 1.0})
     line = analyse_line(problem.lowered(), problem.spec, 0.1, 0.3)  # neither is a float32
     assert float(line.t[0]) == 0.1 and float(line.t[-1]) == 0.3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_interpolation_bounds_contain_the_forward_pass_bounds(seed):
+    problem = make_problem(pwl_network(seed), seed, 1.0)
+    lowered = problem.lowered()
+    lo, hi = torch.tensor([-0.5], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
+    direct = error_bounds(lowered, lo, hi)
+    for located in (False, True):
+        interp = interpolation_bounds(lowered, lo, hi, at_stored_inputs=located)
+        for k in range(len(lowered.nodes)):
+            assert bool((interp.error[k] >= direct.error[k]).all()), k  # the gap check relies on it
