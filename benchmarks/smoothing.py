@@ -160,7 +160,8 @@ def _cost(model: str) -> None:
     costs = cost(model, (100, 1000, 10_000, 100_000))
     write_report("smoothing-cost", "Smoothing: seconds per certified image against N", list(costs[0]), costs,
                  notes=("The first zoo sample image whose selection step picks its label, on 2 shared CPU cores, "
-                        "1 torch thread. Sampling: N transformed images through the network (batches of 1,000). Certification: the whole smoothing call "
+                        "1 torch thread. Sampling: N transformed images through the network (batches of 1,000). "
+                        "Certification: the whole smoothing call "
                         "(n0 100 selection samples, then N estimation samples unless it stops at the selection, "
                         "then the condition with the cached bound). GCert's paper (7.2.1) reports TSS sampling "
                         "100K samples in 5-6 s; compare the N = 100,000 rows."))
