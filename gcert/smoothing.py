@@ -150,7 +150,7 @@ def gl_bound(region: TransformRegion, settings: BoundSettings) -> GLBound:
     interval of a path takes the larger end of ``G``, so the estimate errs on the cautious side.
     """
     key = (region.transform.name, tuple(region.lower.tolist()), tuple(region.upper.tolist()),
-           tuple(d.to_record().values() for d in region.smoothing), settings)
+           tuple(tuple(d.to_record().values()) for d in region.smoothing), settings)
     if key not in _BOUNDS:  # the bound depends on the transform, box and distributions, never on the image
         if len(_BOUNDS) > 64:
             _BOUNDS.clear()

@@ -362,3 +362,12 @@ def test_consistency_loss_and_augmentation() -> None:
     x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     out = augment(x, torch.Generator().manual_seed(1))
     assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1 and not torch.equal(out, x)
+
+
+def test_the_bound_is_computed_once_per_box_not_per_image() -> None:
+    """xi / g_hat depend on the transform, box and distributions only: a second image reuses them."""
+    engine._BOUNDS.clear()
+    settings = engine.BoundSettings(samples=500, path_points=2)
+    t = TRANSFORMS["contrast-brightness"]
+    first = engine.gl_bound(t.region(_image(0, (1, 8, 8))), settings)
+    assert engine.gl_bound(t.region(_image(1, (1, 8, 8))), settings) is first and len(engine._BOUNDS) == 1
