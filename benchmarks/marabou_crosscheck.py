@@ -42,13 +42,13 @@ def _pairs(certs: list[Certificate]) -> list[tuple[Certificate, Certificate]]:
             if c.certifier == "exactline" and (c.input, c.mutation, c.delta, "marabou") in by]
 
 
-def zoo_pairs(limit: int, scale: float, timeout: float, workdir: Path) -> dict[str, list]:
+def zoo_pairs(limit: int, scale: float, timeout: float, workdir: Path, generators: Sequence[str]) -> dict[str, list]:
     from gcert.plugins import load_registry
 
     registry = load_registry()
     out: dict[str, list] = {}
-    for name, mutations in GENERATORS.items():
-        for m in mutations:
+    for name in generators:
+        for m in GENERATORS[name]:
             default = registry.mutation(m).default_delta
             path = workdir / f"{m}.jsonl"
             config = RunConfig(mutations=(m,), certifiers=("exactline", "marabou"), deltas=(default, scale * default),
@@ -128,12 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=4.0, help="second strength: this many times the default")
     ap.add_argument("--random", type=int, default=40, help="random piecewise-linear networks")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per task (and per Marabou query)")
+    ap.add_argument("--generators", default="digits,shapes",
+                    help="zoo generators (digits, shapes); Marabou needed 18 GB on shapes-rotate here")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the records here (a rerun resumes)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows, conflicts = [], []
     with tempfile.TemporaryDirectory(prefix="gcert-crosscheck-") as tmp:
-        for name, pairs in zoo_pairs(args.limit, args.scale, args.timeout, Path(tmp)).items():
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        zoo = zoo_pairs(args.limit, args.scale, args.timeout, workdir, args.generators.split(","))
+        for name, pairs in zoo.items():
             flat = [(a.verdict, b.verdict, a.seconds, b.seconds) for a, b in pairs]
             row, bad = summarize(f"zoo {name} (5 mutations x {args.limit} inputs x 2 strengths)", flat)
             rows.append(row)
@@ -147,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              " task counts as unknown). 'conflicts': both decided and differ; must be 0. Times in seconds, this"
              " machine (2 cores shared with other jobs).")
     _, md = write_report("marabou-crosscheck", "Marabou vs exactline (two independent complete certifiers)",
-                         columns, rows, notes=notes, out=args.out, extra={"conflicts": conflicts, "args": vars(args)
-                                                                          | {"out": str(args.out)}})
+                         columns, rows, notes=notes, out=args.out, extra={"conflicts": conflicts, "args": {
+                             k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
     print(md.read_text())
     return 1 if conflicts else 0
 
