@@ -214,9 +214,18 @@ class _Search:
         self.max_frontier = 1
         self.best_upper = math.inf
         self.warm = True
+        self.setup = self.elapsed()  # time before the search (the cheap answer), not spent bounding domains
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def batch_size(self) -> int:
+        """Domains split this step: ``batch``, fewer while one step would take over a tenth of the time left (so
+        the budget is kept on large networks), judged from the time per domain bounded so far."""
+        per_domain = (self.elapsed() - self.setup) / max(self.visited, 1)
+        left = max(self.options.timeout - self.elapsed(), 0.0)
+        fits = int(0.1 * left / max(2 * per_domain, 1e-9))
+        return max(1, min(self.options.batch, fits))
 
     def root_options(self) -> BabOptions:
         """The options of the first bound, on the whole region: more alpha steps."""
@@ -278,7 +287,8 @@ class _Search:
                     break
             # the worst domains first: they decide the global bound and hold counterexamples if any
             order = bnd.margin.argsort()
-            pick, rest = order[: options.batch], order[options.batch:]
+            size = self.batch_size()
+            pick, rest = order[:size], order[size:]
             plo, phi = lo[pick], hi[pick]
             width = phi - plo
             scores = split_scores(bnd.rows[pick], bnd.lam_in[pick], width, conj)
@@ -382,7 +392,8 @@ class _ReluSearch(_Search):
                 break
             steps += 1
             order = bnd.margin.argsort()
-            pick, rest = order[: options.batch], order[options.batch:]
+            size = self.batch_size()
+            pick, rest = order[:size], order[size:]
             chosen = bnd.select(pick)
             m, witness = self._probe(chosen.minimisers(self.lo.expand(pick.numel(), -1),
                                                        self.hi.expand(pick.numel(), -1)))

@@ -295,3 +295,21 @@ def test_smooth_networks_are_analysed_soundly_not_completely():
     assert out.details.get("guarantee_here", "").startswith("sound")
     assert math.isfinite(sampled)
 
+
+
+def test_the_time_budget_holds_on_a_wide_smooth_network():
+    """Steps shrink while one would take over a tenth of the time left, so the limit is kept on large inputs."""
+    import time
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(200, 128), nn.Sigmoid(), nn.Linear(128, 128), nn.Sigmoid(),
+                        nn.Linear(128, 3)).double().eval()
+    centre = torch.rand(200, dtype=torch.float64)
+    with torch.no_grad():
+        label = int(net(centre.reshape(1, -1)).argmax())
+    p = Problem(net, nn.Identity(), Box(centre - 0.3, centre + 0.3), Spec.top1(label, 3), {})
+    start = time.perf_counter()
+    out = BAB.certify(p, BAB.parse_options({"timeout": 2, "cheap_first": False, "attack_restarts": 0}))
+    assert time.perf_counter() - start < 2 + 3.0, out.details
+    if out.verdict == "unknown":
+        assert out.details["stopped"] in ("timeout", "max_domains")
