@@ -387,7 +387,8 @@ def export_tasks(ctx: Any, out: str | Path, timeout: float | None = None,
     seen: dict[str, str] = {}
     instances: list[Instance] = []
     for (_index, input_id, mutation, delta), problem in zip(tasks, problems, strict=True):
-        name = _safe(f"{input_id}_{mutation}_{delta:g}")
+        short = Path(input_id).stem if "/" in input_id else input_id  # a VNN-LIB property's file name
+        name = _safe(f"{short}_{mutation}") if ctx.properties else _safe(f"{short}_{mutation}_{delta:g}")
         while f"vnnlib/{name}.vnnlib" in {i.vnnlib for i in instances}:
             name += "_"
         data = onnx_model(problem).SerializeToString()

@@ -84,6 +84,7 @@ def test_bad_commands_are_one_line_errors(tmp_path, capsys, command, message):
     assert not (tmp_path / "r.jsonl").exists()
 
 
+@pytest.mark.slow  # the two halves run by default: test_export.py (--vnnlib vs direct) and the first test here
 def test_an_exported_instance_gives_the_same_verdict_three_ways(tmp_path):
     """`gcert export` + the tool on the files, `gcert run --vnnlib` on them, and the direct run."""
     import csv

@@ -95,6 +95,15 @@ def test_a_point_that_does_not_recheck_is_unknown_with_the_reason(marabou, monke
                                          "holds there, by a margin of 1e-12")
 
 
+def test_queries_over_max_variables_are_unknown_before_solving(marabou):
+    net = _net(0, 4)
+    problem = Problem(net, nn.Identity(), Segment(torch.zeros(4), torch.ones(4)), Spec.top1(0, 3))
+    certifier = plugin.MarabouCertifier()
+    outcome = certifier.certify(problem, certifier.parse_options({"max_variables": "10"}))
+    assert outcome.verdict == "unknown" and outcome.details["reason"].startswith("Marabou's query has ")
+    assert "over marabou.max_variables=10" in outcome.details["reason"]
+
+
 def test_the_task_limit_stops_marabou(marabou):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
