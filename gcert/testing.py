@@ -89,3 +89,14 @@ def random_region(kind: str, gen: torch.Generator, size: float = 1.0) -> Segment
     if kind == "box":
         return Box(center - 0.05 * size, center + 0.05 * size)
     return LpBall(center, 0.1 * size, math.inf if kind == "linf" else 2, clip=(0.0, 1.0))
+
+
+def run_cli(*args: str) -> int:
+    """Run ``gcert ARGS...`` in this process and return its exit code (0 when it returns normally)."""
+    from gcert.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

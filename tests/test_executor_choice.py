@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from gcert.cli import main
+from gcert.testing import run_cli
 
 ARGS = ("run", "-c", "interval", "-m", "rotate", "--limit", "1", "-q")
 
 
-def _main(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+_main = run_cli
 
 
 def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, capsys, monkeypatch):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gcert.certificate import read_certificates
-from gcert.cli import main
+from gcert.testing import run_cli
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'gcert[ray]')")
 
@@ -97,12 +97,7 @@ def _local_verdicts(tmp_path: Path) -> dict[str, str]:
     return {c.key: c.verdict for c in read_certificates(out)}
 
 
-def _main(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+_main = run_cli
 
 
 def test_ray_cluster_with_a_worker_killed_mid_run_keeps_each_task_once_and_resumes(ray_head, tmp_path):

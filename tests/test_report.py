@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gcert.cli import main
+from gcert.testing import run_cli
 
 pytest.importorskip("matplotlib", reason="the report extra is not installed (pip install 'gcert[report]')")
 
@@ -47,12 +47,7 @@ class _Page(HTMLParser):
         self.open.pop()
 
 
-def _main(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+_main = run_cli
 
 
 def check_page(folder: Path) -> _Page:
