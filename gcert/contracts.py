@@ -117,10 +117,15 @@ class Outcome:
     witness_t: torch.Tensor | None = None
     pieces: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # What this verdict guarantees on this problem when it is weaker than the certifier's own ``guarantee``
+    # (``bab`` is complete on piecewise-linear networks and only sound on smooth ones); None: the certifier's.
+    guarantee: str | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.guarantee is not None and self.guarantee not in GUARANTEES:
+            raise ValueError(f"guarantee must be one of {GUARANTEES}, got {self.guarantee!r}")
 
 
 @dataclass(frozen=True)

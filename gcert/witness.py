@@ -29,6 +29,8 @@ def apply_outcome(cert: Certificate, outcome: Outcome, problem: Problem, guarant
     cert.fraction = list(outcome.fraction) if outcome.fraction is not None else None
     cert.max_delta, cert.pieces = outcome.max_delta, outcome.pieces
     cert.details.update(outcome.details)
+    if outcome.guarantee is not None:  # weaker on this problem than the certifier's class guarantee
+        cert.guarantee = guarantee = outcome.guarantee
     if outcome.verdict == "certified" and guarantee == "falsifier":
         cert.verdict, cert.error = "unknown", "a falsifier claimed 'certified'; ignored"
     if outcome.verdict == "falsified":

@@ -292,7 +292,7 @@ def test_smooth_networks_are_analysed_soundly_not_completely():
         assert sampled > 0 and out.margin_lower <= sampled
     if out.verdict == "falsified":
         assert check_witness(p, out.witness_t)[0] is not None
-    assert out.details.get("guarantee_here", "").startswith("sound")
+    assert out.guarantee == "sound"
     assert math.isfinite(sampled)
 
 
@@ -313,3 +313,20 @@ def test_the_time_budget_holds_on_a_wide_smooth_network():
     assert time.perf_counter() - start < 2 + 3.0, out.details
     if out.verdict == "unknown":
         assert out.details["stopped"] in ("timeout", "max_domains")
+
+
+def test_a_record_of_bab_on_a_smooth_network_says_sound(tmp_path):
+    """The record's guarantee is the one the verdict has on this problem: bab is only sound through sigmoid."""
+    from gcert.certificate import Certificate
+    from gcert.witness import apply_outcome
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 4), nn.Sigmoid(), nn.Linear(4, 3)).double().eval()
+    lo, hi = torch.tensor([0.0, 0.0], dtype=torch.float64), torch.tensor([1e-3, 1e-3], dtype=torch.float64)
+    p = box_problem(net, lo, hi)
+    out = BAB.certify(p, BAB.parse_options({"timeout": 5}))  # the cheap answer path too
+    assert out.guarantee == "sound"
+    cert = Certificate(input="x", mutation="box", delta=1.0, certifier="bab", guarantee=BAB.guarantee,
+                       verdict="unknown")
+    apply_outcome(cert, out, p, BAB.guarantee)
+    assert cert.guarantee == "sound"
