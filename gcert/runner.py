@@ -458,7 +458,15 @@ def _zoo_network_for(mutations: tuple[str, ...], registry: Registry) -> str:
     if len(networks) > 1:
         raise GcertError(f"mutations {', '.join(mutations)} are made for different zoo networks "
                          f"({', '.join(sorted(networks))}); run them separately or give --model")
-    return str(networks.pop()) if networks else zoo.default_network()
+    if networks:
+        return str(networks.pop())
+    default = zoo.default_network()
+    if mutations and all(m in registry.mutations and registry.mutation(m).transform is not None for m in mutations):
+        # smoothing-only mutations: the default network's counterpart fine-tuned for smoothing, when the zoo has one
+        smoothed = [e["name"] for e in zoo.entries() if (e.get("smoothing") or {}).get("base") == default]
+        if smoothed:
+            return str(smoothed[0])
+    return default
 
 
 VNNLIB_MUTATION = Mutation("vnnlib", "pixel", "pixel", "box", 0.0, norm=math.inf,

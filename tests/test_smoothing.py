@@ -327,6 +327,7 @@ def test_zero_config_run_through_the_runner(tmp_path) -> None:
     cfg = RunConfig(mutations=("contrast-brightness",), certifiers=("smoothing",), limit=2,
                     options={"smoothing": {"n": 200, "seed": 3}}, plugins=PluginSettings(autoload=False))
     ctx = Context(cfg)
+    assert ctx.model.source == "zoo:digits-smoothed"  # the default network's counterpart trained for smoothing
     ctx.prepare()
     task = ctx.tasks()[0]
     cert = ctx.certify(task)
