@@ -460,3 +460,16 @@ def test_pixel_noise_refused_for_chi4_before_any_work() -> None:
     cert = Smoothing()
     with pytest.raises(GcertError, match="pixel_sigma > 0 needs normal, lognormal, rayleigh smoothing"):
         cert.certify(problem, cert.parse_options({"pixel_sigma": 0.1}))
+
+
+@pytest.mark.parametrize("value", ["-0.1", "nan"])
+def test_bad_pixel_sigma_on_the_command_line_exits_2(value: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gcert.cli import main
+
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "-c", "smoothing", "-m", "contrast-brightness", "-o", f"smoothing.pixel_sigma={value}",
+              "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and not out.exists()
+    assert err.count("\n") == 0 and "smoothing.pixel_sigma must be a finite number >= 0" in err
