@@ -140,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.pixel_noise_only:
-        _pixel_noise(args.cost_model, min(args.images, 5))
+        _pixel_noise(args.images)
         return
     if not args.cost_only:
         _table(args.images)
@@ -176,14 +176,25 @@ PIXEL_SIGMAS = (0.0, 0.05)
 PIXEL_NOISE_SETTINGS = {"method": "numerical", "bound_samples": 1000, "path_points": 2}
 
 
-def pixel_noise(model_name: str, n_images: int) -> list[dict[str, Any]]:
+PIXEL_NOISE_ROWS = {"digits-smoothed": ("brightness", "contrast", "contrast-brightness"),
+                    "shapes-smoothed": ("brightness", "contrast")}
+
+
+def pixel_noise(n_images: int) -> list[dict[str, Any]]:
     """CRA and seconds per image with and without GL's pixel noise (the Laplace path, its bound computed per image)
-    on two rows, with reduced bound settings (N_s 1,000, 2 points per path) so that it stays cheap."""
+    on a few rows, with reduced bound settings (N_s 1,000, 2 points per path) so that it stays cheap."""
+    rows = []
+    for model_name, table_rows in PIXEL_NOISE_ROWS.items():
+        rows += _pixel_noise_rows(model_name, table_rows, n_images)
+    return rows
+
+
+def _pixel_noise_rows(model_name: str, table_rows: tuple[str, ...], n_images: int) -> list[dict[str, Any]]:
     model = zoo.load_network(model_name)[0]
     data = np.load(zoo.samples_path(model_name))
     images, labels = torch.from_numpy(data["images"][:n_images]).float(), data["labels"][:n_images]
     rows = []
-    for row in ("brightness", "contrast-brightness"):
+    for row in table_rows:
         for sigma in PIXEL_SIGMAS:
             start = time.perf_counter()
             cra, _ = certified_accuracy(model, images, labels, row, {**PIXEL_NOISE_SETTINGS, "pixel_sigma": sigma})
@@ -193,8 +204,8 @@ def pixel_noise(model_name: str, n_images: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _pixel_noise(model: str, images: int) -> None:
-    rows = pixel_noise(model, images)
+def _pixel_noise(images: int) -> None:
+    rows = pixel_noise(images)
     write_report("smoothing-pixel-noise", "Smoothing with pixel noise (GL Eq. 5, Laplace Eq. 12-13)", list(rows[0]),
                  rows, notes=(f"{images} zoo sample images, N 1,000, n0 100, alpha 1e-3, seed 0, method numerical, "
                               "bound_samples 1,000 and path_points 2 (reduced, for cost); 2 shared CPU cores, 1 torch "
