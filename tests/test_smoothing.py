@@ -473,3 +473,38 @@ def test_bad_pixel_sigma_on_the_command_line_exits_2(value: str, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and not out.exists()
     assert err.count("\n") == 0 and "smoothing.pixel_sigma must be a finite number >= 0" in err
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.02])
+def test_laplace_gradient_against_quadrature_of_eq5(sigma: float) -> None:
+    """Oracle sharing no code: contrast c * x on one pixel, c ~ LN(0, 0.4), pixel noise sigma. log rho(y | beta) of
+    Eq. 5 by adaptive quadrature (scipy) and its beta-derivative by central differences; Eq. 12-13's eta is within
+    5% of the largest |eta|, and far closer to it than Lemma 1's sigma = 0 limit."""
+    from scipy import integrate
+
+    from gcert.laplace import laplace_log_density_gradient
+
+    x0, s, beta = 0.6, 0.4, 1.2
+    region = TransformRegion(TRANSFORMS["contrast"], torch.full((1, 1, 1), x0, dtype=torch.float64),
+                             torch.tensor([0.8], dtype=torch.float64), torch.tensor([1.25], dtype=torch.float64),
+                             (Distribution("lognormal", s),))
+    gen = torch.Generator().manual_seed(0)
+    alpha, noise = region.sample_smoothing(20, gen), torch.randn(20, 1, generator=gen, dtype=torch.float64)
+    b = torch.tensor([beta], dtype=torch.float64)
+    laplace = laplace_log_density_gradient(region, alpha, noise, b, sigma)[:, 0]
+    lemma1 = engine.log_density_gradient(region, alpha, b)[:, 0]
+
+    def log_rho(y: float, bb: float) -> float:
+        width, centre = sigma / (x0 * bb), y / (x0 * bb)  # the likelihood's support in c, 14 widths each side
+
+        def integrand(c: float) -> float:
+            return float(stats.norm.pdf(y, x0 * bb * c, sigma) * stats.lognorm.pdf(c, s))
+
+        return math.log(integrate.quad(integrand, max(1e-9, centre - 14 * width), centre + 14 * width, epsabs=0,
+                                       epsrel=1e-12, limit=200)[0])
+
+    ys = (x0 * beta * alpha[:, 0] + sigma * noise[:, 0]).tolist()
+    exact = torch.tensor([(log_rho(y, beta + 1e-5) - log_rho(y, beta - 1e-5)) / 2e-5 for y in ys],
+                         dtype=torch.float64)
+    assert float((laplace - exact).abs().max()) < 0.05 * float(exact.abs().max())
+    assert float((laplace - exact).pow(2).mean()) < 0.25**2 * float((lemma1 - exact).pow(2).mean())
