@@ -8,6 +8,7 @@ autograd) or the closed form of additive Gaussian smoothing decides whether ``h_
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class BoundSettings:
     grid: int = 2  # points per parameter on the box's boundary (2: the corners only)
     h_points: int = 2001  # grid of h in [0, 1] for p(h) and xi(h)
     seed: int = 0
+    pixel_sigma: float = 0.0  # > 0: pixel noise, eta by the Laplace approximation (Eq. 12-13), else Lemma 1
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ class GLBound:
         return float(xi_t[i])  # the grid point at or below h: xi is increasing, so this is a lower value
 
 
+LAPLACE_CHUNK = 1 << 20  # sample-pixels per Laplace evaluation (some tens of float64 copies of it in the graph)
+
+
 def directional_bound(region: TransformRegion, beta: torch.Tensor, u: torch.Tensor, settings: BoundSettings,
                       generator: torch.Generator) -> tuple[float, torch.Tensor]:
     """Algorithm 2 at one point: the largest decrease rate of ``h`` along unit ``u``, as ``w(h) = G * p(h)``.
@@ -122,7 +127,17 @@ def directional_bound(region: TransformRegion, beta: torch.Tensor, u: torch.Tens
     returns ``G = max_h w(h)`` and ``w / G`` on the ``h`` grid.
     """
     alpha = region.sample_smoothing(settings.samples, generator)
-    v = -(log_density_gradient(region, alpha, beta) @ u)
+    if settings.pixel_sigma > 0:
+        from gcert.laplace import laplace_log_density_gradient
+
+        noise = torch.randn(settings.samples, region.image.numel(), generator=generator, dtype=torch.float64)
+        chunk = max(1, LAPLACE_CHUNK // region.image.numel())  # samples per evaluation, its graph bounded in memory
+        eta = torch.cat([laplace_log_density_gradient(region, alpha[i:i + chunk], noise[i:i + chunk], beta,
+                                                      settings.pixel_sigma)
+                         for i in range(0, settings.samples, chunk)])
+    else:
+        eta = log_density_gradient(region, alpha, beta)
+    v = -(eta @ u)
     v = v[torch.isfinite(v)]
     v = v - v.mean()
     v, _ = torch.sort(v, descending=True)
@@ -151,7 +166,9 @@ def gl_bound(region: TransformRegion, settings: BoundSettings) -> GLBound:
     """
     key = (region.transform.name, tuple(region.lower.tolist()), tuple(region.upper.tolist()),
            tuple(tuple(d.to_record().values()) for d in region.smoothing), settings)
-    if key not in _BOUNDS:  # the bound depends on the transform, box and distributions, never on the image
+    if settings.pixel_sigma > 0:  # with pixel noise eta depends on the image too (Laplace, Eq. 12)
+        key = (*key, hashlib.sha256(region.image.detach().double().contiguous().numpy().tobytes()).hexdigest())
+    if key not in _BOUNDS:  # without pixel noise the bound depends on the transform, box and distributions only
         if len(_BOUNDS) > 64:
             _BOUNDS.clear()
         _BOUNDS[key] = _gl_bound(region, settings)

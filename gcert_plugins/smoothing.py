@@ -7,6 +7,7 @@ transform's smoothing distribution) keeps the spec's class for every parameter i
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ import gcert
 from gcert import smoothing as engine
 from gcert.contracts import TRANSFORM_REGION, Certifier, Outcome
 from gcert.errors import GcertError
+from gcert.laplace import check_pixel_sigma
 from gcert.problem import Problem
 from gcert.transforms import TransformRegion
 
@@ -38,6 +40,7 @@ class SmoothingOptions:
     path_points: int = 5  # points per path from the identity where the directional bound is estimated
     grid: int = 2  # points per parameter on the box boundary where g_hat is evaluated (2: the corners)
     device: str = "auto"  # where the forward passes run: auto (cuda when there is one), cpu, cuda, cuda:1, ...
+    pixel_sigma: float = 0.0  # std of additive pixel noise eps in y = phi(x, alpha) + eps (GL Eq. 5); 0: none
 
     def __post_init__(self) -> None:
         for name in ("n", "n0", "batch", "bound_samples"):
@@ -49,6 +52,8 @@ class SmoothingOptions:
             raise GcertError(f"smoothing.alpha must be in (0, 1), got {self.alpha} (e.g. 0.001)")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise GcertError(f"smoothing.device {self.device!r} is not auto, cpu or cuda[:N]")
+        if not (math.isfinite(self.pixel_sigma) and self.pixel_sigma >= 0):
+            raise GcertError(f"smoothing.pixel_sigma must be a finite number >= 0, got {self.pixel_sigma} (e.g. 0.1)")
         if self.method not in METHODS:
             raise GcertError(f"smoothing.method {self.method!r} is not one of {', '.join(METHODS)}")
 
@@ -74,6 +79,9 @@ class Smoothing(Certifier):
         if options.method == "closed-form" and not engine.is_additive_gaussian(region):
             raise GcertError(f"transform {region.transform.name!r} has no closed form here; use smoothing.method="
                              "numerical or auto")
+        closed = options.method == "closed-form" or (options.method == "auto" and engine.is_additive_gaussian(region))
+        if not closed:
+            check_pixel_sigma(region, options.pixel_sigma)
         spec, k = problem.spec, problem.spec.num_outputs
         gen = torch.Generator().manual_seed(options.seed)
         beta0 = region.origin()
@@ -82,8 +90,12 @@ class Smoothing(Certifier):
 
         @torch.no_grad()
         def predict(alpha: torch.Tensor) -> torch.Tensor:
-            theta = region.transform.gamma(alpha, beta0.expand_as(alpha))
-            return net(theta.to(device=device, dtype=problem.dtype)).cpu()
+            theta = region.transform.gamma(alpha, beta0.expand_as(alpha)).to(device=device, dtype=problem.dtype)
+            if options.pixel_sigma == 0:
+                return net(theta).cpu()
+            image = net.generator(net.embed(theta))  # y = phi(x, alpha) + eps (Eq. 5), eps from the seeded stream
+            eps = options.pixel_sigma * torch.randn(image.shape, generator=gen, dtype=torch.float64)
+            return net.network(image + eps.to(device=device, dtype=image.dtype)).cpu()
 
         def holds(alpha: torch.Tensor) -> torch.Tensor:
             # class 1 where the spec holds: the event whose probability h_c is bounded
@@ -97,7 +109,8 @@ class Smoothing(Certifier):
             "transform": region.transform.name, "certified_set": [
                 {"name": p.name, "unit": p.unit, "range": [float(lo), float(hi)]}
                 for p, lo, hi in zip(region.transform.params, region.lower, region.upper, strict=True)],
-            "distribution": [d.to_record() for d in region.smoothing], "n": options.n, "n0": options.n0,
+            "distribution": [d.to_record() for d in region.smoothing], "pixel_sigma": options.pixel_sigma,
+            "n": options.n, "n0": options.n0,
             "alpha": options.alpha, "confidence": 1 - options.alpha, "seed": options.seed,
             "selection_counts": selection.tolist(),
         }
@@ -113,13 +126,12 @@ class Smoothing(Certifier):
         if p_lower <= 0.5:
             return Outcome("unknown", details={"reason": f"abstain: lower bound {p_lower:.4f} on h is not above 1/2",
                                                "smoothing": record})
-        closed = options.method == "closed-form" or (options.method == "auto" and engine.is_additive_gaussian(region))
-        if closed:
+        if closed:  # with pixel noise too: h is the kappa-smoothing of E_eps f, so the kappa radius stays sound
             need, have = engine.additive_gaussian_radius(region), engine.normal_ppf(p_lower)
             record.update(method="closed-form", radius_needed=need, radius_certified=have)
         else:
             settings = engine.BoundSettings(options.bound_samples, options.path_points, options.grid,
-                                            seed=options.seed)
+                                            seed=options.seed, pixel_sigma=options.pixel_sigma)
             bound = engine.gl_bound(region, settings)
             need, have = bound.g_max, bound.xi_at(p_lower)
             record.update(method="numerical", g_hat_max=need, xi=have, g_hat_worst_point=list(bound.worst),

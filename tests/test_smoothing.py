@@ -372,3 +372,140 @@ def test_the_bound_is_computed_once_per_box_not_per_image() -> None:
     t = TRANSFORMS["contrast-brightness"]
     first = engine.gl_bound(t.region(_image(0, (1, 8, 8))), settings)
     assert engine.gl_bound(t.region(_image(1, (1, 8, 8))), settings) is first and len(engine._BOUNDS) == 1
+
+
+# --- pixel noise: GL's Laplace approximation (Eq. 5, 12-13) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, sigma", [((1, 1, 1), 0.3), ((1, 4, 4), 0.5)])
+def test_laplace_xi_matches_eq6_on_brightness(shape: tuple[int, ...], sigma: float) -> None:
+    """Brightness x + b, b ~ N(0, kappa^2), pixel noise N(0, sigma^2 I): y is Gaussian, so Eq. 12 is exact and the
+    certified radius xi(h) |beta| / g_hat(beta) of Algorithms 1-2 is Eq. 6's sqrt(sigma^2 + kappa^2) Phi^-1(h) on one
+    pixel; on n pixels the noise along the all-ones direction has std sigma / sqrt(n), so sqrt(kappa^2 + sigma^2 / n).
+    Tolerance 3% as for Lemma 1's closed form: Monte Carlo error of the sorted cumulative sum (20,000 samples),
+    and xi is estimated on the cautious (low) side."""
+    kappa, far = 0.2, 0.15
+    t = TRANSFORMS["brightness"]
+    region = TransformRegion(t, torch.full(shape, 0.4, dtype=torch.float64), torch.tensor([-0.1], dtype=torch.float64),
+                             torch.tensor([far], dtype=torch.float64), (Distribution("normal", kappa),))
+    bound = engine.gl_bound(region, engine.BoundSettings(samples=20_000, path_points=2, grid=2, pixel_sigma=sigma))
+    scale = math.sqrt(kappa**2 + sigma**2 / math.prod(shape))
+    assert bound.g_max == pytest.approx(far / scale / math.sqrt(2 * math.pi), rel=0.03)
+    for h in (0.6, 0.8, 0.95, 0.99):
+        assert bound.xi_at(h) * far / bound.g_max == pytest.approx(scale * stats.norm.ppf(h), rel=0.03, abs=2e-3)
+
+
+@pytest.mark.parametrize("name", ["contrast", "gamma"])
+def test_laplace_gradient_tends_to_lemma1_as_sigma_shrinks(name: str) -> None:
+    """On non-additive transforms the Laplace eta at y = phi(x, gamma(alpha, beta)) + sigma eps approaches Lemma 1's
+    eta at the same alpha as sigma -> 0 (first order in sigma), sample by sample."""
+    from gcert.laplace import laplace_log_density_gradient
+
+    image = 0.2 + 0.6 * torch.rand((1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    region = TRANSFORMS[name].region(image)
+    gen = torch.Generator().manual_seed(1)
+    alpha, beta = region.sample_smoothing(40, gen), region.upper.clone()
+    lemma1 = engine.log_density_gradient(region, alpha, beta)
+    noise = torch.randn(40, image.numel(), generator=gen, dtype=torch.float64)
+    errors = [float((laplace_log_density_gradient(region, alpha, noise, beta, s) - lemma1).abs().max())
+              for s in (1e-2, 1e-3, 1e-4)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.01 * float(lemma1.abs().max()), errors
+
+
+def test_pixel_noise_statistical_soundness_binomial() -> None:
+    """With pixel noise sigma on the threshold classifier's 2x2 grey image, h_0(beta) = Phi((t0 - beta) / s),
+    s = sqrt(kappa^2 + sigma^2 / 4); a box whose edge h_0 is just below 1/2 must be certified at most alpha of the
+    time (binomial test) by the Laplace path and by the closed form, and a box well inside is certified."""
+    kappa, radius, alpha, sigma = 0.05, 0.05, 0.05, 0.06
+    cert = Smoothing()
+    for method, reps in (("closed-form", 1000), ("numerical", 150)):
+        fails = 0
+        for seed in range(reps):
+            opts = cert.parse_options({"n": 200, "n0": 20, "alpha": alpha, "seed": seed, "method": method,
+                                       "bound_samples": 3000, "path_points": 2, "grid": 2, "pixel_sigma": sigma})
+            fails += cert.certify(_threshold_problem(radius * 0.995, kappa, radius), opts).verdict == "certified"
+        assert stats.binomtest(fails, reps, alpha, alternative="greater").pvalue > 1e-3, (method, fails)
+        wins = 0
+        for seed in range(20):
+            opts = cert.parse_options({"n": 200, "n0": 20, "alpha": alpha, "seed": seed, "method": method,
+                                       "bound_samples": 3000, "path_points": 2, "pixel_sigma": sigma})
+            outcome = cert.certify(_threshold_problem(radius + 2.5 * kappa, kappa, radius), opts)
+            wins += outcome.verdict == "certified"
+        assert wins >= 15, (method, wins)
+        assert outcome.details["smoothing"]["pixel_sigma"] == sigma
+
+
+def test_pixel_noise_changes_the_samples_and_zero_keeps_them() -> None:
+    cert = Smoothing()
+    problem = _threshold_problem(0.02, 0.05, 0.05)
+    base = cert.certify(problem, cert.parse_options({"seed": 3}))
+    zero = cert.certify(problem, cert.parse_options({"seed": 3, "pixel_sigma": 0.0}))
+    noisy = cert.certify(problem, cert.parse_options({"seed": 3, "pixel_sigma": 0.5}))
+    for outcome in (base, zero):
+        outcome.details["smoothing"].pop("sampling_seconds")
+    assert base.details == zero.details
+    assert noisy.details["smoothing"]["estimation_hits"] < base.details["smoothing"]["estimation_hits"]
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
+def test_bad_pixel_sigma_is_one_line(value: float) -> None:
+    with pytest.raises(GcertError, match="smoothing.pixel_sigma must be a finite number >= 0") as err:
+        Smoothing().parse_options({"pixel_sigma": value})
+    assert "\n" not in str(err.value)
+
+
+def test_pixel_noise_refused_for_chi4_before_any_work() -> None:
+    t = TRANSFORMS["blur"]
+    region = t.region(_image(0, (1, 8, 8)))
+    problem = Problem(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), PixelGenerator(), region, Spec.top1(0, 2))
+    cert = Smoothing()
+    with pytest.raises(GcertError, match="pixel_sigma > 0 needs normal, lognormal, rayleigh smoothing"):
+        cert.certify(problem, cert.parse_options({"pixel_sigma": 0.1}))
+
+
+@pytest.mark.parametrize("value", ["-0.1", "nan"])
+def test_bad_pixel_sigma_on_the_command_line_exits_2(value: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gcert.cli import main
+
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "-c", "smoothing", "-m", "contrast-brightness", "-o", f"smoothing.pixel_sigma={value}",
+              "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and not out.exists()
+    assert err.count("\n") == 0 and "smoothing.pixel_sigma must be a finite number >= 0" in err
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.02])
+def test_laplace_gradient_against_quadrature_of_eq5(sigma: float) -> None:
+    """Oracle sharing no code: contrast c * x on one pixel, c ~ LN(0, 0.4), pixel noise sigma. log rho(y | beta) of
+    Eq. 5 by adaptive quadrature (scipy) and its beta-derivative by central differences; Eq. 12-13's eta is within
+    5% of the largest |eta|, and far closer to it than Lemma 1's sigma = 0 limit."""
+    from scipy import integrate
+
+    from gcert.laplace import laplace_log_density_gradient
+
+    x0, s, beta = 0.6, 0.4, 1.2
+    region = TransformRegion(TRANSFORMS["contrast"], torch.full((1, 1, 1), x0, dtype=torch.float64),
+                             torch.tensor([0.8], dtype=torch.float64), torch.tensor([1.25], dtype=torch.float64),
+                             (Distribution("lognormal", s),))
+    gen = torch.Generator().manual_seed(0)
+    alpha, noise = region.sample_smoothing(20, gen), torch.randn(20, 1, generator=gen, dtype=torch.float64)
+    b = torch.tensor([beta], dtype=torch.float64)
+    laplace = laplace_log_density_gradient(region, alpha, noise, b, sigma)[:, 0]
+    lemma1 = engine.log_density_gradient(region, alpha, b)[:, 0]
+
+    def log_rho(y: float, bb: float) -> float:
+        width, centre = sigma / (x0 * bb), y / (x0 * bb)  # the likelihood's support in c, 14 widths each side
+
+        def integrand(c: float) -> float:
+            return float(stats.norm.pdf(y, x0 * bb * c, sigma) * stats.lognorm.pdf(c, s))
+
+        return math.log(integrate.quad(integrand, max(1e-9, centre - 14 * width), centre + 14 * width, epsabs=0,
+                                       epsrel=1e-12, limit=200)[0])
+
+    ys = (x0 * beta * alpha[:, 0] + sigma * noise[:, 0]).tolist()
+    exact = torch.tensor([(log_rho(y, beta + 1e-5) - log_rho(y, beta - 1e-5)) / 2e-5 for y in ys],
+                         dtype=torch.float64)
+    assert float((laplace - exact).abs().max()) < 0.05 * float(exact.abs().max())
+    assert float((laplace - exact).pow(2).mean()) < 0.25**2 * float((lemma1 - exact).pow(2).mean())
