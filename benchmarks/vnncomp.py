@@ -282,6 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         columns.append("ERAN (published)")
         title = "VNN-COMP 2021 conformance"
+        if args.limit is not None:
+            notes += (f" Only the first {args.limit} instances of each benchmark ran; ERAN's published count is over"
+                      " the whole benchmark.")
+    if args.timeout is not None:
+        notes += f" Time limit {args.timeout:g} s per instance (gcert's --timeout)."
+    notes += " Command: python benchmarks/vnncomp.py " + " ".join(sys.argv[1:] if argv is None else argv) + "."
     rows, unsound = [], []
     for bench, todo in benches:
         by_net: dict[Path, list[Path]] = defaultdict(list)
