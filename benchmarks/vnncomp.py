@@ -287,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       " the whole benchmark.")
     if args.timeout is not None:
         notes += f" Time limit {args.timeout:g} s per instance (gcert's --timeout)."
-    notes += " Command: python benchmarks/vnncomp.py " + " ".join(sys.argv[1:] if argv is None else argv) + "."
+    command = " ".join(map(str, sys.argv[1:] if argv is None else argv))
+    notes += f" Command: python benchmarks/vnncomp.py {command}."
     rows, unsound = [], []
     for bench, todo in benches:
         by_net: dict[Path, list[Path]] = defaultdict(list)
