@@ -50,6 +50,15 @@ def save_grid(rows: Sequence[torch.Tensor], path: str | os.PathLike[str], scale:
     """
     from PIL import Image
 
+    canvas = grid_canvas(rows, value_range, gap, leading)
+    big = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
+    Image.fromarray(big).save(os.fspath(path))
+
+
+def grid_canvas(rows: Sequence[torch.Tensor], value_range: tuple[float, float] = (0.0, 1.0), gap: int = 2,
+                leading: Sequence[torch.Tensor] | None = None, background: int = 128) -> np.ndarray:
+    """The RGB uint8 canvas of :func:`save_grid` at one pixel per image pixel: rows of tiles ``gap`` apart, each
+    ``leading`` image (C, H, W) in front of its row after a gap of ``w + 3 gap``, on a ``background`` grey."""
     if not rows:
         raise ValueError("nothing to render")
     tiles = [to_uint8(r, value_range) for r in rows]
@@ -58,7 +67,7 @@ def save_grid(rows: Sequence[torch.Tensor], path: str | os.PathLike[str], scale:
     cols = max(t.shape[0] for t in tiles)
     extra = (w + 3 * gap) if first is not None else 0
     width = extra + cols * w + (cols - 1) * gap
-    canvas = np.full((len(tiles) * h + (len(tiles) - 1) * gap, width, 3), 128, dtype=np.uint8)
+    canvas = np.full((len(tiles) * h + (len(tiles) - 1) * gap, width, 3), background, dtype=np.uint8)
     for i, row in enumerate(tiles):
         y = i * (h + gap)
         if first is not None:
@@ -66,8 +75,7 @@ def save_grid(rows: Sequence[torch.Tensor], path: str | os.PathLike[str], scale:
         for j, tile in enumerate(row):
             x = extra + j * (w + gap)
             canvas[y : y + h, x : x + w] = tile
-    big = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(big).save(os.fspath(path))
+    return canvas
 
 
 @dataclass

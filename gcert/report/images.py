@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from gcert.certificate import Certificate
 from gcert.errors import GcertError, one_line
-from gcert.generators.render import to_uint8
+from gcert.generators.render import grid_canvas
 
 if TYPE_CHECKING:
     from gcert.runner import Context
@@ -116,17 +115,11 @@ def _save_strip(first: torch.Tensor, row: torch.Tensor, marks: list[float], path
     if row.dim() != 4 or row.shape[1] not in (1, 3):
         raise GcertError(f"images of shape {tuple(row.shape[1:])} do not render as pictures")
     vr = (float(value_range[0]), float(value_range[1]))
-    tiles = to_uint8(row, vr)
-    lead = to_uint8(first.reshape(1, *row.shape[1:]), vr)[0]
-    h, w = tiles.shape[1:3]
+    gap, cols = 2, row.shape[0]
+    canvas = grid_canvas([row], vr, gap, leading=[first.reshape(row.shape[1:])], background=255)
+    h, w = row.shape[2:4]
     scale = max(1, TILE_PX // max(1, min(h, w)))
-    gap, cols = 2, tiles.shape[0]
     extra = w + 3 * gap
-    canvas = np.full((h, extra + cols * w + (cols - 1) * gap, 3), 255, dtype=np.uint8)
-    canvas[:, :w] = lead
-    for j, tile in enumerate(tiles):
-        x = extra + j * (w + gap)
-        canvas[:, x : x + w] = tile
     big = Image.fromarray(canvas.repeat(scale, axis=0).repeat(scale, axis=1))
     if marks:
         framed = Image.new("RGB", (big.width, big.height + BAND), "white")
