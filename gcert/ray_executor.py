@@ -9,7 +9,6 @@ duplicated record.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -102,24 +101,22 @@ def _dispatch(ray: Any, ctx: Context, tasks: list[Task], record: Callable[[Certi
     queue = list(enumerate(tasks))[::-1]  # popped from the end, in order
     running: dict[Any, tuple[int, Task]] = {}
     written: set[str] = set()
-    try:
-        while queue or running:
-            while queue and len(running) < limit:
-                seq, task = queue.pop()
-                running[remote.remote(box, task, seq)] = (seq, task)
-            done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            for ref in done:
-                _seq, task = running.pop(ref)
-                cert = _result(ray, ref, ctx, task, warn)
-                if cert.key in written:  # cannot happen: one ObjectRef per task, each resolves once
-                    continue
-                written.add(cert.key)
-                record(cert)
-    except BaseException:
-        for ref in running:
-            with contextlib.suppress(Exception):  # already finished, or its worker already gone
-                ray.cancel(ref, force=True)
-        raise
+    # No ``ray.cancel`` on Ctrl-C or error: cancelling a task whose reply is in flight aborts the driver inside
+    # Ray (RAY_CHECK "Tried to complete task that was not pending", ray-project/ray#54527; seen here with Ray 2.60
+    # when a worker had just been killed). The job's workers are stopped by Ray when the driver disconnects
+    # (``ray.shutdown`` in ``run_ray``, or the driver's exit), and every record written so far is already on disk.
+    while queue or running:
+        while queue and len(running) < limit:
+            seq, task = queue.pop()
+            running[remote.remote(box, task, seq)] = (seq, task)
+        done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+        for ref in done:
+            _seq, task = running.pop(ref)
+            cert = _result(ray, ref, ctx, task, warn)
+            if cert.key in written:  # cannot happen: one ObjectRef per task, each resolves once
+                continue
+            written.add(cert.key)
+            record(cert)
 
 
 def _result(ray: Any, ref: Any, ctx: Context, task: Task, warn: Callable[[str], None]) -> Certificate:
