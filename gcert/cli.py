@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from gcert import __version__
-from gcert.errors import GcertError
+from gcert.errors import GcertError, InputError
 
 EXIT_PLUGIN_PROBLEMS = 3
 EXIT_INTERRUPTED = 130
@@ -140,6 +140,40 @@ def list_cmd(as_json: bool) -> None:
         sys.exit(EXIT_PLUGIN_PROBLEMS)
 
 
+_GENERATOR_OPTIONS = [
+    click.option("--generator", "generator_ref", default=None,
+                 help="Your own generator: a zoo generator, a folder from `gcert generator regulate`, an .onnx, a "
+                 "TorchScript file, or module:attr (an nn.Module or a factory)."),
+    click.option("--direction", "directions", multiple=True,
+                 help="A mutation of --generator (repeatable; default svd:0): svd:K (K-th Jacobian SVD direction at "
+                 "each input), latent:I, a .npy/.pt direction, or local:MASK.png[:K]; its name is the mutation's."),
+    click.option("--encoder", "encoder_ref", default=None,
+                 help="An encoder (image -> latent) that seeds inversion into --generator; without it, inversion "
+                 "is by optimisation with restarts."),
+    click.option("--rank-threshold", type=float, default=None,
+                 help="svd:K and local: singular values at most this share of the largest count as no change "
+                 "(default 0.01; recorded)."),
+]
+
+
+def _user_generator(o: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
+    """The ``--generator`` settings (or None) and the mutations to run: --mutation, else its directions."""
+    from gcert.generators.directions import DEFAULT_RANK_THRESHOLD
+    from gcert.generators.user import UserGenerator
+
+    mutations = tuple(o.get("mutations") or ())
+    if o.get("generator_ref") is None:
+        for flag, value in (("--direction", o.get("directions")), ("--encoder", o.get("encoder_ref")),
+                            ("--rank-threshold", o.get("rank_threshold"))):
+            if value:
+                raise GcertError(f"{flag} needs --generator (the generator whose latent it speaks about)")
+        return None, mutations
+    threshold = o.get("rank_threshold")
+    user = UserGenerator(o["generator_ref"], tuple(o.get("directions") or ()) or ("svd:0",), o.get("encoder_ref"),
+                         DEFAULT_RANK_THRESHOLD if threshold is None else float(threshold))
+    return user, mutations or user.mutation_names
+
+
 _JOB_OPTIONS = [
     click.option("-c", "--certifier", "certifiers", multiple=True, required=True,
                  help="Certifier name (repeatable); `gcert list` shows them."),
@@ -149,6 +183,7 @@ _JOB_OPTIONS = [
                  help="A VNN-LIB property (repeatable): its input box and output spec replace --mutation/--data."),
     click.option("--model", default=None, help="Zoo network, .onnx, TorchScript file, or module:attr. "
                  "Default: the zoo's default network."),
+    *_GENERATOR_OPTIONS,
     click.option("--data", default=None, help="Folder of images, .npz or .csv. Default: the zoo network's samples."),
     click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N inputs."),
     click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -182,6 +217,12 @@ _JOB_OPTIONS = [
     click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
                  help="Also write the HTML report of the results file into this folder at the end."),
 ]
+
+
+def _generator_options(fn: Any) -> Any:
+    for option in reversed(_GENERATOR_OPTIONS):
+        fn = option(fn)
+    return fn
 
 
 def _job_options(fn: Any) -> Any:
@@ -238,14 +279,15 @@ def export_cmd(**o: Any) -> None:
     from gcert.plugins import PluginSettings
     from gcert.runner import Context, RunConfig
 
-    if not o["mutations"] and not o["vnnlib"]:
+    user, mutations = _user_generator(o)
+    if not mutations and not o["vnnlib"]:
         raise GcertError("give --mutation (see `gcert list`) or --vnnlib PROPERTY")
     check_export_folder(o["out"])
     config = RunConfig(
-        vnnlib=tuple(o["vnnlib"]), mutations=o["mutations"], certifiers=(), model=o["model"], data=o["data"],
+        vnnlib=tuple(o["vnnlib"]), mutations=mutations, certifiers=(), model=o["model"], data=o["data"],
         deltas=_floats(o["delta"], "--delta"), mean=_floats(o["mean"], "--mean"), std=_floats(o["std"], "--std"),
         input_shape=_ints(o["input_shape"], "--input-shape"), limit=o["limit"], labels=o["labels"],
-        tau=_finite(o["tau"], "--tau"), plugins=PluginSettings.from_env(extra=o["extra_plugins"]),
+        tau=_finite(o["tau"], "--tau"), plugins=PluginSettings.from_env(extra=o["extra_plugins"], generator=user),
         allow_extrapolation=o["allow_extrapolation"], timeout=_finite(o["timeout"], "--timeout"),
     )
     instances = export_tasks(Context(config), o["out"], config.timeout)
@@ -273,7 +315,8 @@ def _execute_job(o: dict[str, Any], tolerance_steps: int | None) -> None:
     from gcert.runner import Context, RunConfig, check_executor
     from gcert.runner import run as run_jobs
 
-    if not o["mutations"] and not o["vnnlib"]:
+    user, mutations = _user_generator(o)
+    if not mutations and not o["vnnlib"]:
         raise GcertError("give --mutation (see `gcert list`) or --vnnlib PROPERTY")
     check_out_path(o["out"])
     check_results_file(o["out"])
@@ -282,13 +325,14 @@ def _execute_job(o: dict[str, Any], tolerance_steps: int | None) -> None:
         check_report_dir(o["report_dir"])
     max_memory = max_memory_gb(o["max_memory"])
     config = RunConfig(
-        vnnlib=tuple(o["vnnlib"]), mutations=o["mutations"], certifiers=o["certifiers"], model=o["model"],
+        vnnlib=tuple(o["vnnlib"]), mutations=mutations, certifiers=o["certifiers"], model=o["model"],
         data=o["data"],
         deltas=_floats(o["delta"], "--delta"), options=_parse_options(o["option_items"], o["certifiers"]),
         mean=_floats(o["mean"], "--mean"), std=_floats(o["std"], "--std"),
         input_shape=_ints(o["input_shape"], "--input-shape"), limit=o["limit"], labels=o["labels"],
         tau=_finite(o["tau"], "--tau"), tolerance_steps=tolerance_steps,
-        plugins=PluginSettings.from_env(extra=o["extra_plugins"]), allow_extrapolation=o["allow_extrapolation"],
+        plugins=PluginSettings.from_env(extra=o["extra_plugins"], generator=user),
+        allow_extrapolation=o["allow_extrapolation"],
         timeout=_finite(o["timeout"], "--timeout"),
     )
     ctx = Context(config)
@@ -423,7 +467,8 @@ def zoo_train(name: str, out: str | None) -> None:
 
 
 @cli.command()
-@click.option("-m", "--mutation", required=True, help="Mutation name; `gcert list` shows them.")
+@click.option("-m", "--mutation", default=None, help="Mutation name; `gcert list` shows them (with --generator: "
+              "default its first --direction).")
 @click.option("--input", "input_ref", default=None,
               help="Images to mutate (folder, .npz or .csv). Default: the generator's zoo samples.")
 @click.option("--limit", type=click.IntRange(min=1), default=4, show_default=True, help="Use the first N inputs.")
@@ -435,18 +480,25 @@ def zoo_train(name: str, out: str | None) -> None:
               help="PNG to write: one row per input, the input itself first.")
 @click.option("--allow-extrapolation", is_flag=True,
               help="Render strengths beyond the range a zoo generator was trained on.")
-def mutate(mutation: str, input_ref: str | None, limit: int, delta: float | None, steps: int, symmetric: bool,
-           scale: int | None, out: str, allow_extrapolation: bool) -> None:
+@_generator_options
+def mutate(mutation: str | None, input_ref: str | None, limit: int, delta: float | None, steps: int, symmetric: bool,
+           scale: int | None, out: str, allow_extrapolation: bool, **g: Any) -> None:
     """Render a mutation along its segment as a PNG strip (what a certifier analyses, made visible)."""
     from gcert import zoo as z
     from gcert.certificate import check_out_path
     from gcert.data import load_inputs
     from gcert.generators import mutation_strips, save_grid
-    from gcert.plugins import load_registry
+    from gcert.plugins import PluginSettings, load_registry
     from gcert.strength import check_strengths
 
     check_out_path(out, suffixes=(".png",))
-    registry = load_registry()
+    user, names = _user_generator({**g, "mutations": (mutation,) if mutation else ()})
+    if not names:
+        raise GcertError("give --mutation (see `gcert list`), or --generator with --direction")
+    mutation = names[0]
+    if user is not None and input_ref is None and user.ref not in z.generator_names():
+        raise InputError("give --input: images of your generator's domain to mutate")
+    registry = load_registry(PluginSettings.from_env(generator=user))
     m = registry.mutation(mutation)
     strengths = (delta,) if delta is not None else m.default_deltas
     check_strengths(m, tuple(-d for d in strengths) if symmetric else (), allow_extrapolation)

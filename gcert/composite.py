@@ -52,7 +52,9 @@ def compose(name: str, parts: Sequence[Mutation]) -> CompositeMutation:
     detail = ", ".join(f"{p.name} 0..{p.default_delta:g} {p.unit}" for p in parts)
     return CompositeMutation(name, kinds[0] if len(kinds) == 1 else "global-perceptual", generators[0],
                              "x default", 1.0, direction=diagonal, components=components,
-                             description=f"every combination of {detail} (delta scales all)")
+                             description=f"every combination of {detail} (delta scales all)",
+                             fingerprint="+".join(p.fingerprint for p in parts) if any(p.fingerprint for p in parts)
+                             else "")
 
 
 class MutationBox(Region):

@@ -39,7 +39,7 @@ class UnsupportedOperatorError(ModelLoadError):
     """A network contains an operator that a loader or certifier cannot handle."""
 
     def __init__(self, op: str, where: str, supported_by: Iterable[str] = (), hint: str = ""):
-        self.op, self.where, self.supported_by = op, where, sorted(supported_by)
+        self.op, self.where, self.supported_by, self.hint = op, where, sorted(supported_by), hint
         msg = f"unsupported operator {op!r} in {where}"
         if self.supported_by:
             msg += f"; certifiers that handle it: {', '.join(self.supported_by)}"

@@ -127,10 +127,22 @@ def _load_ref(ref: str) -> LoadedModel:
     if zoo.has_network(ref):
         module, shape = zoo.load_network(ref)
         return LoadedModel(module, shape, f"zoo:{ref}", "")
+    if Path(ref).suffix.lower() == ".onnx" or Path(ref).is_file() or (":" in ref and not Path(ref).exists()):
+        return load_module_ref(ref)
+    known = ", ".join(zoo.network_names()) or "(none)"
+    raise ModelLoadError(
+        f"model {ref!r} is not a file, a module:attr object or a zoo network (zoo networks: {known})"
+    )
+
+
+def load_module_ref(ref: str, what: str = "model") -> LoadedModel:
+    """Load a ``.onnx`` file, a TorchScript file or a ``module:attr`` object (an ``nn.Module``, a class or a
+    factory taking no arguments) as an ``nn.Module``; ``what`` names it in the one-line errors (model, generator,
+    encoder)."""
     path = Path(ref)
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
-            raise ModelLoadError(f"model file {ref} does not exist")
+            raise ModelLoadError(f"{what} file {ref} does not exist")
         from gcert.onnx_import import load_onnx
 
         module = load_onnx(path)
@@ -141,43 +153,41 @@ def _load_ref(ref: str) -> LoadedModel:
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(
                 f"cannot read {ref} as TorchScript ({one_line(exc, with_type=False)}); gcert loads .onnx, TorchScript "
-                "(torch.jit.save) and module:attr objects"
+                f"(torch.jit.save) and module:attr objects as the {what}"
             ) from None
         return LoadedModel(module, None, str(path), "")
     if ":" in ref and not path.exists():
-        return _load_object(ref)
-    known = ", ".join(zoo.network_names()) or "(none)"
-    raise ModelLoadError(
-        f"model {ref!r} is not a file, a module:attr object or a zoo network (zoo networks: {known})"
-    )
+        return _load_object(ref, what)
+    raise ModelLoadError(f"{what} {ref!r} is not a file or a module:attr object")
 
 
-def _load_object(ref: str) -> LoadedModel:
+def _load_object(ref: str, what: str = "model") -> LoadedModel:
     module_name, _, attr = ref.partition(":")
     try:
         obj: object = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ModelLoadError(f"cannot import model {ref!r}: {one_line(exc, with_type=False)}; check the module "
+        raise ModelLoadError(f"cannot import {what} {ref!r}: {one_line(exc, with_type=False)}; check the module "
                              "name and that it is on PYTHONPATH") from None
     except BaseException as exc:  # noqa: BLE001 - a user module that fails on import (syntax error, raise, exit)
         if isinstance(exc, KeyboardInterrupt):
             raise
         where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
-        raise ModelLoadError(f"importing module {module_name!r} for model {ref!r} failed{where}: {one_line(exc)}; "
+        raise ModelLoadError(f"importing module {module_name!r} for {what} {ref!r} failed{where}: {one_line(exc)}; "
                              "fix the module") from None
     try:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
-        raise ModelLoadError(f"cannot import model {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
+        raise ModelLoadError(f"cannot import {what} {ref!r}: module {module_name!r} has no attribute "
+                             f"{attr!r}") from None
     if not isinstance(obj, nn.Module) and callable(obj):
         try:
             obj = obj()  # a class or a factory function
         except BaseException as exc:  # noqa: BLE001 - the user's factory failing is bad input, not a gcert bug
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            raise ModelLoadError(f"calling {ref!r} to build the model failed: {one_line(exc)}; fix the factory, "
-                                 "or give an nn.Module or a factory that takes no arguments") from None
+            raise ModelLoadError(f"calling {ref!r} to build the {what} failed: {one_line(exc)}; fix the factory, "
+                                 f"or give an nn.Module or a factory that takes no arguments") from None
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{ref!r} is a {type(obj).__name__}, not a torch.nn.Module or a factory of one")
     return LoadedModel(obj, _declared_shape(obj), ref, "")

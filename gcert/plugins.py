@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from torch import nn
@@ -26,6 +26,9 @@ from gcert.composite import SEPARATOR, compose
 from gcert.contracts import GUARANTEES, Certifier, GeneratorSpec, Mutation
 from gcert.errors import GcertError, PluginError, UnknownNameError, one_line
 from gcert.transforms import ResolvableTransform
+
+if TYPE_CHECKING:
+    from gcert.generators.user import UserGenerator
 
 PROJECT = "gcert"
 # Used only when gcert runs from a source tree that was never installed (no entry points).
@@ -41,16 +44,18 @@ class PluginSettings:
     allow: frozenset[str] | None = None
     block: frozenset[str] = frozenset()
     extra: tuple[str, ...] = ()  # importable module names to register too (``--plugin``)
+    generator: UserGenerator | None = None  # ``--generator REF --direction SPEC`` (gcert.generators.user)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, extra: Iterable[str] = ()) -> PluginSettings:
+    def from_env(cls, environ: dict[str, str] | None = None, extra: Iterable[str] = (),
+                 generator: UserGenerator | None = None) -> PluginSettings:
         env = os.environ if environ is None else environ
         allow = env.get("GCERT_PLUGINS")
         return cls(
             autoload=env.get("GCERT_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0"),
             allow=None if allow is None else frozenset(_split(allow)),
             block=frozenset(_split(env.get("GCERT_BLOCK_PLUGINS", ""))),
-            extra=tuple(extra),
+            extra=tuple(extra), generator=generator,
         )
 
     def admits(self, name: str, builtin: bool) -> bool:
@@ -100,6 +105,11 @@ def get_plugin_manager(settings: PluginSettings | None = None) -> pluggy.PluginM
             _load(pm, infos, name, target, origin, version)
     for module in settings.extra:
         _load(pm, infos, module, module, "command line", "")
+    if settings.generator is not None:  # the user's own generator: a bad one is refused (InputError), not skipped
+        from gcert.generators.user import PLUGIN_NAME, UserGeneratorPlugin
+
+        pm.register(UserGeneratorPlugin(settings.generator), name=PLUGIN_NAME)
+        infos.append(PluginInfo(PLUGIN_NAME, "command line", "", "gcert.generators.user"))
     return pm
 
 

@@ -91,10 +91,11 @@ class Segment(Region):
 
     kind = "segment"
 
-    def __init__(self, start: torch.Tensor, end: torch.Tensor):
+    def __init__(self, start: torch.Tensor, end: torch.Tensor, direction: dict[str, Any] | None = None):
         if start.shape != end.shape:
             raise ValueError(f"segment ends differ in shape: {tuple(start.shape)} vs {tuple(end.shape)}")
         self.start, self.end = start.detach(), end.detach()
+        self.direction = direction  # how the direction was found (e.g. its singular value), kept in the record
 
     @property
     def lower(self) -> torch.Tensor:
@@ -112,7 +113,8 @@ class Segment(Region):
         return self.lower
 
     def to_record(self) -> dict[str, Any]:
-        return {"kind": self.kind, "dim": 1, "length": float((self.end - self.start).norm())}
+        record = {"kind": self.kind, "dim": 1, "length": float((self.end - self.start).norm())}
+        return record if self.direction is None else {**record, "direction": self.direction}
 
 
 class Box(Region):

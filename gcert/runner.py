@@ -38,7 +38,7 @@ from gcert import __version__, resources
 from gcert.certificate import Certificate, ResultStore, _finite, check_out_path, task_key
 from gcert.contracts import Mutation, check_region
 from gcert.data import Dataset, load_inputs
-from gcert.errors import GcertError, InputError, one_line
+from gcert.errors import GcertError, InputError, UnsupportedOperatorError, one_line
 from gcert.models import LoadedModel, load_model, traceable
 from gcert.plugins import PluginSettings, Registry, load_registry
 from gcert.problem import Problem
@@ -99,6 +99,9 @@ class Context:
         self.config = config
         self.registry = registry or load_registry(config.plugins)
         model_ref, data_ref = config.model, config.data
+        user = config.plugins.generator
+        if user is not None and model_ref is None and user.ref not in zoo.generator_names():
+            raise InputError(f"give --model: the network that reads the images of --generator {user.ref}")
         if model_ref is None:
             model_ref = _zoo_network_for(config.mutations, self.registry)
         self.model: LoadedModel = load_model(model_ref, _opt_list(config.mean), _opt_list(config.std))
@@ -175,6 +178,8 @@ class Context:
             label = self.data.labels[index]
         else:
             region["generator"] = self.mutations[task.mutation].generator
+            if self.mutations[task.mutation].fingerprint:  # a user generator or direction (--generator)
+                region["fingerprint"] = self.mutations[task.mutation].fingerprint
             try:
                 if self.clean_outputs(index).numel() == 1:
                     tau = self.config.tau if self.config.tau is not None else self._zoo_tau()
@@ -323,11 +328,26 @@ class Context:
                 check_region(certifier, problem.region, self._all_certifiers())
                 try:
                     certifier.prepare(problem)
+                except UnsupportedOperatorError as exc:
+                    raise UnsupportedOperatorError(exc.op, exc.where, self._able(problem, skip=c), exc.hint) from None
                 except GcertError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a certifier's bug costs its own tasks, not the run
                     self.prepare_failures[(m, c)] = f"{c}.prepare failed: {one_line(exc)}"
         return self.prepare_failures
+
+    def _able(self, problem: Problem, skip: str) -> list[str]:
+        """The registered certifiers that take ``problem`` (its region and its operators): what a refusal names."""
+        able = []
+        for name, other in self._all_certifiers().items():
+            if name == skip or not other.accepts(problem.region):
+                continue
+            try:
+                other.prepare(problem)
+            except Exception:  # noqa: BLE001, S112 - any refusal (or failure) means it does not take it
+                continue
+            able.append(name)
+        return able
 
     def _all_certifiers(self) -> dict[str, Any]:
         """Every registered certifier by name (for refusals that name the ones that fit)."""
