@@ -515,6 +515,113 @@ def mutate(mutation: str | None, input_ref: str | None, limit: int, delta: float
         click.echo(f"  {input_id}: inversion error {error:.4f} (RMS, first image of the row is the input)", err=True)
 
 
+@cli.command("directions")
+@click.option("--generator", "generator_ref", required=True,
+              help="The generator: a zoo generator, a `gcert generator regulate` folder, .onnx, TorchScript or "
+              "module:attr.")
+@click.option("--encoder", "encoder_ref", default=None, help="An encoder (image -> latent) that seeds inversion.")
+@click.option("--data", default=None, help="Images of the generator's domain (folder, .npz, .csv); default: a zoo "
+              "generator's samples.")
+@click.option("--limit", type=click.IntRange(min=1), default=4, show_default=True, help="Use the first N inputs.")
+@click.option("--top", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Leading directions per input (at most the Jacobian's rank).")
+@click.option("--delta", type=float, default=1.0, show_default=True,
+              help="Latent length of each strip, either side of the input.")
+@click.option("--steps", type=click.IntRange(min=3), default=9, show_default=True, help="Images per strip.")
+@click.option("--rank-threshold", type=float, default=None,
+              help="Singular values at most this share of the largest count as no change (default 0.01).")
+@click.option("--measure", "measure_ref", default=None,
+              help="module:fn, fn(before, after) -> one amount per image pair in your unit: calibrates each "
+              "direction (amount per latent unit).")
+@click.option("--unit", default=None, help="The unit --measure measures in (deg, px, %, ...).")
+@click.option("--save", "saves", multiple=True,
+              help="K=NAME: save direction svd:K (mean over the inputs) as NAME.npy + NAME.json in --out, usable as "
+              "--direction OUT/NAME.npy, in --unit when measured (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="A new or empty folder for the strips, directions.json and saved directions.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def directions_cmd(generator_ref: str, encoder_ref: str | None, data: str | None, limit: int, top: int, delta: float,
+                   steps: int, rank_threshold: float | None, measure_ref: str | None, unit: str | None,
+                   saves: tuple[str, ...], out: str, quiet: bool) -> None:
+    """The leading mutating directions of a generator at each input (Jacobian SVD, GCert Eq. 5-6), a strip per
+    direction to see and name them, calibration to a unit, and saved named directions."""
+    from tqdm import tqdm
+
+    from gcert import zoo as z
+    from gcert.data import load_inputs
+    from gcert.generators.directions import DEFAULT_RANK_THRESHOLD
+    from gcert.generators.discover import discover, save_direction, write_summary
+    from gcert.generators.render import save_grid
+    from gcert.generators.user import load_generator
+
+    threshold = DEFAULT_RANK_THRESHOLD if rank_threshold is None else float(rank_threshold)
+    if not 0 < threshold < 1:
+        raise InputError(f"--rank-threshold {threshold:g} must lie in (0, 1) (default 0.01)")
+    if not (math.isfinite(delta) and delta > 0):
+        raise InputError(f"--delta {delta:g} must be a finite latent length > 0, e.g. --delta 1")
+    wanted = [_save_spec(text, top) for text in saves]
+    folder = Path(out)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"--out {out} is not a new or empty folder; give another --out (nothing is overwritten)")
+    if unit is not None and measure_ref is None:
+        raise InputError("--unit names what --measure measures; give --measure module:fn too")
+    measure = _import_callable(measure_ref, "--measure") if measure_ref else None
+    if data is None and generator_ref not in z.generator_names():
+        raise InputError("give --data: images of your generator's domain")
+    gen = load_generator(generator_ref, encoder_ref)
+    inputs = load_inputs(data or z.inputs_for_generator(generator_ref), limit)
+    if tuple(inputs.images.shape[1:]) != tuple(gen.image_shape):
+        raise InputError(f"the images of {inputs.source} are {tuple(inputs.images.shape[1:])} but the generator "
+                         f"draws {gen.image_shape}; give images of its domain")
+    with tqdm(total=len(inputs.ids), disable=quiet, unit="input", desc="directions", dynamic_ncols=True) as bar:
+        found = discover(gen, inputs.images, inputs.ids, top, delta, steps, threshold, measure, bar.update)
+    folder.mkdir(parents=True, exist_ok=True)
+    side = int(min(gen.image_shape[-2:]))
+    for i, f in enumerate(found):
+        if f.strips:
+            save_grid(f.strips, folder / f"input-{i:03d}.png", scale=max(1, 64 // side), value_range=gen.value_range,
+                      leading=[inputs.images[i]] * len(f.strips))
+    saved = [save_direction(found, k, name, folder, gen, unit, measure, delta) for k, name in wanted]
+    summary = write_summary(found, folder, gen, delta, threshold, unit, saved)
+    click.echo(f"wrote {summary} and {len(found)} strips (rows: svd:0 first; the input, then -{delta:g} .. "
+               f"+{delta:g} latent)", err=True)
+    for f in found:
+        sv = ", ".join(f"{v:.3g}" for v in f.singular_values[: len(f.vectors)])
+        cal = "" if f.per_unit is None else "; per latent unit: " + ", ".join(f"{v:.3g}" for v in f.per_unit)
+        click.echo(f"  {f.input_id}: rank {f.rank}, singular values {sv}; inversion error {f.inversion_error:.4f}"
+                   f"{cal}", err=True)
+    for s in saved:
+        click.echo(f"  saved {s.name}: svd:{s.index} over {s.meta['inputs']} inputs (agreement "
+                   f"{s.meta['agreement']:.3f}), 1 {s.meta['unit']} = {s.meta['latent_per_unit']:.4g} latent; use "
+                   f"--generator {generator_ref} --direction {s.path}", err=True)
+
+
+def _save_spec(text: str, top: int) -> tuple[int, str]:
+    k, sep, name = text.partition("=")
+    if not sep or not k.isdigit() or not name or any(c.isspace() or c in "/\\" for c in name):
+        raise InputError(f"--save {text!r}: give K=NAME, e.g. --save 0=thickness")
+    if int(k) >= top:
+        raise InputError(f"--save {text!r}: svd:{k} is beyond --top {top}; raise --top")
+    return int(k), name
+
+
+def _import_callable(ref: str, flag: str) -> Any:
+    import importlib
+
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not attr:
+        raise InputError(f"{flag} {ref!r}: give module:function")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"{flag} {ref!r}: cannot import it ({exc}); check the name and PYTHONPATH") from None
+    if not callable(obj):
+        raise InputError(f"{flag} {ref!r} is a {type(obj).__name__}, not a function")
+    return obj
+
+
 @cli.command("report")
 @click.argument("results", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),

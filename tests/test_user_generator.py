@@ -223,3 +223,61 @@ def test_the_user_generator_is_registered_through_the_hooks_with_its_origin(worl
     assert spec.piecewise_linear is False
     assert reg.mutation("svd:0").fingerprint != reg.mutation("latent:2").fingerprint
     assert reg.mutation("svd:0+latent:2").fingerprint  # a box of user directions keeps both fingerprints
+
+
+def test_directions_shows_calibrates_and_saves_a_direction_that_runs_as_a_named_mutation(
+        world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dirs"
+    assert run_cli("directions", "--generator", GEN, "--data", str(world / "samples.npz"), "--limit", "3", "--top",
+                   "3", "--delta", "2", "--measure", "vae_world:ink", "--unit", "%", "--save", "1=ink1", "--out",
+                   str(out), "-q") == 0
+    summary = json.loads((out / "directions.json").read_text())
+    assert len(summary["inputs"]) == 3 and summary["rank_threshold"] == 0.01
+    for item in summary["inputs"]:
+        sv = item["singular_values"]
+        assert sv == sorted(sv, reverse=True) and 1 <= len(item["directions"]) <= 3
+        vectors = torch.tensor([d["vector"] for d in item["directions"]])
+        assert torch.allclose(vectors @ vectors.T, torch.eye(len(vectors), dtype=vectors.dtype), atol=1e-6)
+        assert all(np.isfinite(d["per_latent_unit"]) for d in item["directions"])
+        strip = np.asarray(Image.open(out / item["strip"]))
+        assert strip.std() > 10  # drawn, one row per direction
+    meta = json.loads((out / "ink1.json").read_text())
+    assert meta["unit"] == "%" and meta["from"] == "svd:1" and meta["inputs"] == 3
+    assert np.isclose(meta["latent_per_unit"] * meta["measured_per_latent_unit"]["mean"], 1.0)
+    run_out = tmp_path / "r.jsonl"
+    code, certs = _run(world, run_out, "-c", "deeppoly", "--direction", str(out / "ink1.npy"), "--delta", "0.5",
+                       "--limit", "2")
+    assert code == 0 and {c.mutation for c in certs} == {"ink1"} and {c.unit for c in certs} == {"%"}
+    for c in certs:  # 0.5 % of ink is 0.5 x |latent per unit| of latent length
+        assert np.isclose(c.region["length"], 0.5 * abs(meta["latent_per_unit"]))
+        assert c.region["direction"]["unit"] == "%"
+
+
+def test_directions_refuses_what_it_cannot_do_before_any_work(world: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["directions", "--generator", GEN, "--data", str(world / "samples.npz"), "--limit", "2", "-q"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("a user's file")
+    cases = [
+        (["--out", str(busy)], "not a new or empty folder"),
+        (["--out", str(tmp_path / "a"), "--save", "9=x"], "beyond --top"),
+        (["--out", str(tmp_path / "b"), "--save", "zero"], "give K=NAME"),
+        (["--out", str(tmp_path / "c"), "--unit", "deg"], "give --measure"),
+        (["--out", str(tmp_path / "d"), "--measure", "vae_world:nope"], "cannot import it"),
+    ]
+    for args, what in cases:
+        capsys.readouterr()
+        assert run_cli(*base, *args) == 2
+        err = capsys.readouterr().err.strip()
+        assert what in err and "\n" not in err, err
+    assert (busy / "mine.txt").read_text() == "a user's file"
+    assert not any((tmp_path / n).exists() for n in "abcd")
+    saved = tmp_path / "s"
+    assert run_cli(*base, "--out", str(saved), "--save", "0=thick") == 0
+    meta = json.loads((saved / "thick.json").read_text())
+    (saved / "thick.json").write_text(json.dumps({**meta, "generator_sha256": "0" * 64}))
+    capsys.readouterr()
+    code, _ = _run(world, tmp_path / "r.jsonl", "-c", "deeppoly", "--direction", str(saved / "thick.npy"))
+    err = capsys.readouterr().err
+    assert code == 2 and "was saved for generator" in err, err

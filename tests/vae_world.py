@@ -102,3 +102,8 @@ def E() -> nn.Module:  # noqa: N802
 
 def classifier() -> nn.Module:
     return _load(_classifier(), "classifier.pt")
+
+
+def ink(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """A measure for ``gcert directions --measure``: the change of the mean pixel value, in percent."""
+    return (after.mean(dim=(1, 2, 3)) - before.mean(dim=(1, 2, 3))) * 100

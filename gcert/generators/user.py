@@ -79,11 +79,33 @@ class DirectionSpec:
     def name(self) -> str:
         if self.kind == "file":
             assert self.path is not None
-            return f"dir:{self.path.stem}"
+            saved = read_saved(self.path)
+            return str(saved["name"]) if saved else f"dir:{self.path.stem}"
         if self.kind == "local":
             assert self.path is not None
             return f"local:{self.path.stem}:{self.index}"
         return f"{self.kind}:{self.index}"
+
+
+def read_saved(path: Path) -> dict[str, Any] | None:
+    """The ``NAME.json`` that ``gcert directions --save`` wrote beside ``NAME.npy`` (name, unit, latent length per
+    unit, the generator it was found on), if any."""
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{side} is not readable JSON ({one_line(exc, with_type=False)}); write it again with "
+                         "`gcert directions --save`") from None
+    if not isinstance(meta, dict) or meta.get("format") != "gcert-direction/1":
+        return None  # another tool's file beside it: the direction alone counts
+    scale = meta.get("latent_per_unit")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale == 0:
+        raise InputError(f"{side}: latent_per_unit {scale!r} must be a finite non-zero number")
+    if not isinstance(meta.get("name"), str) or not meta["name"] or any(c.isspace() for c in meta["name"]):
+        raise InputError(f"{side}: name {meta.get('name')!r} must be a non-empty name without spaces")
+    return meta
 
 
 def parse_direction(text: str) -> DirectionSpec:
@@ -279,11 +301,21 @@ class UserDirection:
         numel = math.prod(gen.control_shape)
         self._fixed: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
+        self.unit, self.saved = UNIT, None
         if spec.kind == "latent" and spec.index >= numel:
             raise InputError(f"--direction {spec.text}: the generator's latent has {numel} axes (latent:0 .. "
                              f"latent:{numel - 1})")
         if spec.kind == "file":
+            assert spec.path is not None
             self._fixed = _read_direction(spec, gen.control_shape)
+            self.saved = read_saved(spec.path)
+            if self.saved is not None:
+                if self.saved.get("generator_sha256") != gen.sha256:
+                    raise InputError(f"--direction {spec.text} was saved for generator {self.saved.get('generator')} "
+                                     f"and these weights differ; use it with that generator, or find it again with "
+                                     "`gcert directions`")
+                self.unit = str(self.saved["unit"])
+                self._fixed = self._fixed * float(self.saved["latent_per_unit"])  # one unit of strength
         if spec.kind == "local":
             self._mask = _read_mask(spec, gen.image_shape)
 
@@ -293,6 +325,8 @@ class UserDirection:
                                  "rank_threshold": self.rank_threshold}
         if self.spec.path is not None:
             parts["file_sha256"] = _sha256_file(self.spec.path)
+        if self.saved is not None:
+            parts["saved"] = {k: self.saved.get(k) for k in ("name", "unit", "latent_per_unit")}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def __call__(self, generator: nn.Module, control: torch.Tensor) -> torch.Tensor:
@@ -307,8 +341,12 @@ class UserDirection:
             v[spec.index] = 1.0
             return v.reshape(shape), info
         if spec.kind == "file":
-            assert self._fixed is not None
-            return self._fixed.clone(), {**info, "sha256": _sha256_file(spec.path)} if spec.path else info
+            assert self._fixed is not None and spec.path is not None
+            info["sha256"] = _sha256_file(spec.path)
+            if self.saved is not None:
+                info.update(unit=self.unit, latent_per_unit=self.saved["latent_per_unit"],
+                            agreement=self.saved.get("agreement"))
+            return self._fixed.clone(), info
         if spec.kind == "svd":
             split = svd_split(jacobian(generator, control), self.rank_threshold)
             sv = [round(float(s), 6) for s in split.singular_values[: max(split.rank, spec.index + 1)]]
@@ -402,8 +440,8 @@ class UserGeneratorPlugin:
             self.directions[spec.name] = UserDirection(spec, self.gen, settings.rank_threshold)
         self.mutations: dict[str, Mutation] = {
             name: Mutation(name, "local-perceptual" if d.spec.kind == "local" else "global-perceptual", self.gen.name,
-                           UNIT, DEFAULT_DELTA, direction=d, fingerprint=d.fingerprint(),
-                           description=f"direction {d.spec.text} of {self.gen.source}, delta in latent length")
+                           d.unit, DEFAULT_DELTA if d.unit == UNIT else 1.0, direction=d, fingerprint=d.fingerprint(),
+                           description=f"direction {d.spec.text} of {self.gen.source}, delta in {d.unit}")
             for name, d in self.directions.items()
         }
 
