@@ -281,3 +281,27 @@ def test_directions_refuses_what_it_cannot_do_before_any_work(world: Path, tmp_p
     code, _ = _run(world, tmp_path / "r.jsonl", "-c", "deeppoly", "--direction", str(saved / "thick.npy"))
     err = capsys.readouterr().err
     assert code == 2 and "was saved for generator" in err, err
+
+
+def test_the_docs_plugin_for_a_discovered_direction_runs(world: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/plugins.md's "A discovered direction as a plugin", as written there (my_world -> this test's world)."""
+    text = (HERE.parent / "docs" / "plugins.md").read_text()
+    section = text[text.index("## A discovered direction as a plugin"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[: code.index("```")].replace("my_world", "vae_world")
+    package = tmp_path / "gcert_inkworld"
+    package.mkdir()
+    (package / "__init__.py").write_text(code)
+    assert run_cli("directions", "--generator", GEN, "--data", str(world / "samples.npz"), "--limit", "3",
+                   "--measure", "vae_world:ink", "--unit", "%", "--save", "1=ink", "--out", str(tmp_path / "d"),
+                   "-q") == 0
+    for name in ("ink.npy", "ink.json"):
+        (package / name).write_bytes((tmp_path / "d" / name).read_bytes())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "r.jsonl"
+    assert run_cli("run", "-c", "deeppoly", "--plugin", "gcert_inkworld", "-m", "ink", "--model", CLF, "--data",
+                   str(world / "samples.npz"), "--limit", "3", "--delta", "0.5", "--workers", "1", "-q",
+                   "--out", str(out)) == 0
+    certs = read_certificates(out)
+    assert len(certs) == 3 and {c.unit for c in certs} == {"%"} and all(c.error is None for c in certs)
