@@ -630,14 +630,16 @@ def _import_callable(ref: str, flag: str) -> Any:
 @click.option("--data", default=None, help="The run's inputs (default: the zoo network's samples).")
 @click.option("--max-inputs", type=click.IntRange(min=1), default=100, show_default=True,
               help="Draw the details of at most this many inputs (the tables cover every record).")
-def report_cmd(results: str, out_dir: str, model: str | None, data: str | None, max_inputs: int) -> None:
+@_generator_options
+def report_cmd(results: str, out_dir: str, model: str | None, data: str | None, max_inputs: int, **g: Any) -> None:
     """Write a static HTML report of a results file: tables, mutation strips, witnesses, the margin along t."""
     from gcert.certificate import check_results_file
     from gcert.report import check_report_dir, write_report
 
     check_results_file(results)
     check_report_dir(out_dir)
-    summary = write_report(results, out_dir, model=model, data=data, max_inputs=max_inputs)
+    user, _ = _user_generator(g)
+    summary = write_report(results, out_dir, model=model, data=data, max_inputs=max_inputs, generator=user)
     click.echo(f"wrote {summary.index}: {summary.tasks} records, images of {summary.drawn} tasks", err=True)
     for line in summary.notes:
         click.echo(f"  {line}", err=True)

@@ -305,3 +305,25 @@ def test_the_docs_plugin_for_a_discovered_direction_runs(world: Path, tmp_path: 
                    "--out", str(out)) == 0
     certs = read_certificates(out)
     assert len(certs) == 3 and {c.unit for c in certs} == {"%"} and all(c.error is None for c in certs)
+
+
+def test_the_report_draws_a_user_generators_strips_only_with_the_same_generator(world: Path, tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture[str]
+                                                                                ) -> None:
+    np.save(tmp_path / "d.npy", np.array([0.0, 0.0, 1.0, 0.0]))
+    out = tmp_path / "r.jsonl"
+    assert _run(world, out, "-c", "deeppoly", "--direction", str(tmp_path / "d.npy"), "--limit", "2")[0] == 0
+    base = ["report", str(out), "--model", CLF, "--data", str(world / "samples.npz")]
+    capsys.readouterr()
+    assert run_cli(*base, "--out", str(tmp_path / "plain")) == 0
+    assert "unknown mutation 'dir:d'" in capsys.readouterr().err
+    assert not list((tmp_path / "plain" / "img").glob("*strip.png"))
+    assert run_cli(*base, "--out", str(tmp_path / "drawn"), "--generator", GEN, "--direction",
+                   str(tmp_path / "d.npy")) == 0
+    assert len(list((tmp_path / "drawn" / "img").glob("*strip.png"))) == 2
+    np.save(tmp_path / "d.npy", np.array([0.0, 1.0, 0.0, 0.0]))  # another direction under the same name
+    capsys.readouterr()
+    assert run_cli(*base, "--out", str(tmp_path / "other"), "--generator", GEN, "--direction",
+                   str(tmp_path / "d.npy")) == 0
+    assert "not the one the records were computed with" in capsys.readouterr().err
+    assert not list((tmp_path / "other" / "img").glob("*strip.png"))

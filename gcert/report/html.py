@@ -15,6 +15,7 @@ from gcert.report import images, plots
 from gcert.report.tables import summary_rows, task_groups, tolerance_values
 
 if TYPE_CHECKING:
+    from gcert.generators.user import UserGenerator
     from gcert.runner import Context
 
 MARKER = ".gcert-report"
@@ -60,11 +61,12 @@ def check_report_dir(path: str | os.PathLike[str]) -> Path:
 
 def write_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str], context: Context | None = None,
                  model: str | None = None, data: str | None = None,
-                 max_inputs: int = DEFAULT_MAX_INPUTS) -> ReportSummary:
+                 max_inputs: int = DEFAULT_MAX_INPUTS, generator: UserGenerator | None = None) -> ReportSummary:
     """Write the report of ``results`` into ``out_dir`` (index.html and img/); returns where and what it drew.
 
     ``context``: the run's own (``gcert run --report``); otherwise the problems are rebuilt from ``model`` and
-    ``data``, or from the records' zoo network. The tables render whatever can or cannot be drawn.
+    ``data``, or from the records' zoo network (with ``generator``: the run's ``--generator`` settings). The tables
+    render whatever can or cannot be drawn.
     """
     folder = check_report_dir(out_dir)
     certs = read_certificates(results)
@@ -76,7 +78,7 @@ def write_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str
     shutil.rmtree(img, ignore_errors=True)
     img.mkdir()
     summary = ReportSummary(folder / "index.html", len(certs))
-    ctx, why = (context, "") if context is not None else images.drawing_context(certs, model, data)
+    ctx, why = (context, "") if context is not None else images.drawing_context(certs, model, data, generator)
     if ctx is None:
         summary.notes.append(f"no images: {why}")
     parts = [f"<h1>gcert report: {_e(Path(results).name)}</h1>",

@@ -13,6 +13,7 @@ from gcert.errors import GcertError, one_line
 from gcert.generators.render import grid_canvas
 
 if TYPE_CHECKING:
+    from gcert.generators.user import UserGenerator
     from gcert.runner import Context
 
 STRIP_STEPS = 9
@@ -20,8 +21,8 @@ TILE_PX = 64  # tiles are enlarged to about this size, without smoothing
 BAND = 14  # height of the band under a strip where the witnesses' t are marked
 
 
-def drawing_context(certs: list[Certificate], model: str | None = None, data: str | None = None
-                    ) -> tuple[Context | None, str]:
+def drawing_context(certs: list[Certificate], model: str | None = None, data: str | None = None,
+                    generator: UserGenerator | None = None) -> tuple[Context | None, str]:
     """A :class:`Context` that rebuilds the records' problems, or ``(None, why not)``.
 
     Without ``model`` the records' own model is used when it is a zoo network or a file that still exists;
@@ -29,6 +30,7 @@ def drawing_context(certs: list[Certificate], model: str | None = None, data: st
     ``input_sha256``, so images of other inputs under the same id are never shown.
     """
     from gcert import zoo
+    from gcert.plugins import PluginSettings
     from gcert.runner import Context, RunConfig
 
     source = str(certs[0].model.get("source", "")) if certs[0].model else ""
@@ -49,12 +51,18 @@ def drawing_context(certs: list[Certificate], model: str | None = None, data: st
     try:
         ctx = Context(RunConfig(mutations=mutations, certifiers=(), model=model, data=data,
                                 labels=str(identity.get("labels") or "auto"), tau=identity.get("tau"),
-                                allow_extrapolation=True))
+                                allow_extrapolation=True, plugins=PluginSettings.from_env(generator=generator)))
     except Exception as exc:  # noqa: BLE001 - the tables still render; the page says why images are missing
         return None, f"could not rebuild the run's problems: {one_line(exc, with_type=False)}"
     want = certs[0].model.get("sha256")
     if want and ctx.model.sha256 != want:
         return None, f"the model {model} is not the one the records were computed with (sha256 differs)"
+    for c in certs:  # a user generator or direction (--generator) must be the one the records were made with
+        have = ctx.mutations[c.mutation].fingerprint if c.mutation in ctx.mutations else ""
+        wanted = ((c.identity or {}).get("region") or {}).get("fingerprint", "")
+        if have != wanted:
+            return None, (f"mutation {c.mutation} is not the one the records were computed with (its generator or "
+                          "direction differs); give the run's --generator and --direction")
     return ctx, ""
 
 
