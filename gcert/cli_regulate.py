@@ -8,7 +8,9 @@ that prints ``gcert: error: ...``.
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,7 +144,21 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(latent=latent, steps=steps, batch=batch, continuity=continuity, prior=prior, lr=lr,
                          seed=seed, batchnorm=batchnorm, checkpoint_every=checkpoint_every)
-    trained = train(images, out, config, resume=resume)
+    # SIGTERM stops training like Ctrl-C (checkpoint written); gcert.cli's handler makes `gcert` exit 143 then.
+    # Imported here, not at the top: gcert.cli imports this module.
+    from gcert.cli import _on_sigterm
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        trained = train(images, out, config, resume=resume)
+    except KeyboardInterrupt:
+        click.echo(f"gcert: training stopped; its checkpoint is {out / CHECKPOINT}: rerun the same command with "
+                   "--resume to continue it", err=True)
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     figures = measure(trained.generator, trained.encoder, images, seed=seed)
     recipe = {
         "data": str(data_ref), "images": len(images), "data_sha256": images_sha256(images),
