@@ -86,17 +86,30 @@ def _figures_lines(figures: dict[str, Any]) -> list[str]:
 @click.option("--force", is_flag=True, help="Replace an entry or checkpoint already in --out.")
 @click.option("--name", default=None, help="Name of the entry (default: the --out folder's name).")
 @click.option("--limit", type=int, default=None, help="Use the first N images only.")
+@click.option("--input-shape", default=None, help="C,H,W of CSV rows that are not square images, e.g. 1,8,16.")
 @click.option("--no-batchnorm", is_flag=True, help="Train without BatchNorm (it is folded away either way).")
 def regulate(data_ref: str, out_dir: str, latent: int, steps: int, batch: int, continuity: float, prior: float,
              lr: float, seed: int, checkpoint_every: int, resume: bool, force: bool, name: str | None,
-             limit: int | None, no_batchnorm: bool) -> None:
+             limit: int | None, input_shape: str | None, no_batchnorm: bool) -> None:
     """Train a regulated generator (piecewise-linear output, continuity term) on your images and write it,
     measured, as a local zoo entry for `gcert run --generator DIR`."""
     try:
         _regulate(data_ref, Path(out_dir), latent, steps, batch, continuity, prior, lr, seed, checkpoint_every,
-                  resume, force, name, limit, not no_batchnorm)
+                  resume, force, name, limit, input_shape, not no_batchnorm)
     except GcertError as exc:
         raise _OneLine(str(exc)) from None
+
+
+def _shape(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"--input-shape takes C,H,W as positive integers like 1,28,28, got {value!r}")
+    return shape
 
 
 def _positive(value: float | int, what: str, least: float | int = 1) -> None:
@@ -106,7 +119,7 @@ def _positive(value: float | int, what: str, least: float | int = 1) -> None:
 
 def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, continuity: float, prior: float,
               lr: float, seed: int, checkpoint_every: int, resume: bool, force: bool, name: str | None,
-              limit: int | None, batchnorm: bool) -> None:
+              limit: int | None, input_shape: str | None, batchnorm: bool) -> None:
     _positive(latent, "--latent")
     _positive(steps, "--steps")
     _positive(batch, "--batch", 2)
@@ -118,6 +131,7 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
             raise InputError(f"{what} must be a finite weight >= 0, got {value}")
     if not math.isfinite(lr) or lr <= 0:
         raise InputError(f"--lr must be a finite number > 0, got {lr}")
+    shape_arg = _shape(input_shape)
     _check_out(out, resume, force)
 
     import torch
@@ -127,7 +141,7 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
     from gcert.generators.local import write_local_entry
     from gcert.generators.train import CHECKPOINT, TrainConfig, images_sha256, measure, train
 
-    data = load_inputs(data_ref, limit)
+    data = load_inputs(data_ref, limit, shape_arg)
     images = data.images
     shape = tuple(int(v) for v in images.shape[1:])
     try:
@@ -174,7 +188,8 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
         "train_seconds": round(trained.seconds, 2), "device": trained.device,
         "gcert_version": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
         "command": "gcert generator regulate " + " ".join(_argv(data_ref, out, latent, steps, batch, continuity,
-                                                               prior, lr, seed, name, limit, batchnorm)),
+                                                               prior, lr, seed, name, limit, input_shape,
+                                                               batchnorm)),
     }
     entry_name = name or out.resolve().name
     manifest = write_local_entry(out, entry_name, trained.generator, trained.encoder, trained.architecture,
@@ -189,13 +204,15 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
 
 
 def _argv(data_ref: str, out: Path, latent: int, steps: int, batch: int, continuity: float, prior: float, lr: float,
-          seed: int, name: str | None, limit: int | None, batchnorm: bool) -> list[str]:
+          seed: int, name: str | None, limit: int | None, input_shape: str | None, batchnorm: bool) -> list[str]:
     args = [f"--data {data_ref}", f"--out {out}", f"--latent {latent}", f"--steps {steps}", f"--batch {batch}",
             f"--continuity {continuity:g}", f"--prior {prior:g}", f"--lr {lr:g}", f"--seed {seed}"]
     if name:
         args.append(f"--name {name}")
     if limit is not None:
         args.append(f"--limit {limit}")
+    if input_shape is not None:
+        args.append(f"--input-shape {input_shape}")
     if not batchnorm:
         args.append("--no-batchnorm")
     return args

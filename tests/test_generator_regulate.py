@@ -304,3 +304,37 @@ def test_architectures_fit_every_supported_shape_and_fold(shape: tuple[int, int,
     fx.symbolic_trace(plain)
     with pytest.raises(ValueError, match="not supported"):
         archs.default_architecture(5, (1, 4, 4))
+
+
+def test_rgb_folders_and_non_square_csv_rows_are_regulated(tmp_path: Path):
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    gray = draw(12, size=16)
+    for i, a in enumerate(gray):
+        Image.fromarray(np.stack([a, a[::-1], 255 - a], axis=-1), mode="RGB").save(rgb / f"{i}.png")
+    out = tmp_path / "rgb-entry"
+    result = invoke("--data", str(rgb), "--out", str(out), "--steps", "20", "--latent", "3")
+    assert result.exit_code == 0, result.output
+    entry = load_local_entry(out)
+    assert entry.image_shape == (3, 16, 16) and entry.control_shape == (3,)
+    assert entry.generator(torch.zeros(1, 3)).shape == (1, 3, 16, 16)
+
+    csv = tmp_path / "rows.csv"
+    rows = draw(10, size=16)[:, :8, :]  # 8x16 images
+    csv.write_text("".join(f"{i % 2}," + ",".join(str(int(v)) for v in r.flatten()) + "\n" for i, r in enumerate(rows)))
+    square = invoke("--data", str(csv), "--out", str(tmp_path / "csv-entry"), "--steps", "5")
+    assert square.exit_code == 2 and "--input-shape" in square.stderr
+    ok = invoke("--data", str(csv), "--out", str(tmp_path / "csv-entry"), "--steps", "5", "--input-shape", "1,8,16")
+    assert ok.exit_code == 0, ok.output
+    assert load_local_entry(tmp_path / "csv-entry").image_shape == (1, 8, 16)
+
+
+def test_resume_needs_a_checkpoint_and_excludes_force(npz: Path, tmp_path: Path):
+    missing = invoke("--data", str(npz), "--out", str(tmp_path / "new"), "--resume")
+    assert missing.exit_code == 2 and "checkpoint.pt does not exist" in missing.stderr
+    both = invoke("--data", str(npz), "--out", str(tmp_path / "new"), "--resume", "--force")
+    assert both.exit_code == 2 and "contradict" in both.stderr
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    damaged = invoke("--data", str(npz), "--out", str(tmp_path / "new"), "--resume")
+    assert damaged.exit_code == 2 and "cannot read" in damaged.stderr and len(damaged.stderr.splitlines()) == 1
