@@ -16,6 +16,7 @@ from gcert.generators.directions import (
     svd_split,
 )
 from gcert.generators.inversion import Inversion, invert, reconstruction_error
+from gcert.generators.local import LocalEntry, is_local_entry, load_local_entry
 from gcert.generators.regulate import (
     ContinuityReport,
     PiecewiseLinearOutput,
@@ -26,8 +27,8 @@ from gcert.generators.regulate import (
 from gcert.generators.render import Strips, mutation_strips, save_grid, segment_images
 
 __all__ = [
-    "DEFAULT_RANK_THRESHOLD", "ContinuityReport", "Directions", "Inversion", "LocalDirections", "NullSpaceEmptyError",
-    "PiecewiseLinearOutput", "Strips", "continuity_loss", "fold_batchnorm", "invert", "jacobian", "local_directions",
-    "measure_continuity", "mutating_directions", "mutation_strips", "project_local", "reconstruction_error",
-    "save_grid", "segment_images", "svd_split",
+    "DEFAULT_RANK_THRESHOLD", "ContinuityReport", "Directions", "Inversion", "LocalDirections", "LocalEntry",
+    "NullSpaceEmptyError", "PiecewiseLinearOutput", "Strips", "continuity_loss", "fold_batchnorm", "invert",
+    "is_local_entry", "jacobian", "load_local_entry", "local_directions", "measure_continuity", "mutating_directions",
+    "mutation_strips", "project_local", "reconstruction_error", "save_grid", "segment_images", "svd_split",
 ]
