@@ -645,6 +645,15 @@ def report_cmd(results: str, out_dir: str, model: str | None, data: str | None, 
         click.echo(f"  {line}", err=True)
 
 
+def _add_generator_group() -> None:
+    from gcert.cli_regulate import generator
+
+    cli.add_command(generator)
+
+
+_add_generator_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="gcert", standalone_mode=False)

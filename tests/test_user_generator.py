@@ -327,3 +327,29 @@ def test_the_report_draws_a_user_generators_strips_only_with_the_same_generator(
                    str(tmp_path / "d.npy")) == 0
     assert "not the one the records were computed with" in capsys.readouterr().err
     assert not list((tmp_path / "other" / "img").glob("*strip.png"))
+
+
+def test_a_regulated_entry_of_the_users_images_is_certified_exactly_as_a_generator_folder(tmp_path: Path) -> None:
+    """`gcert generator regulate` on the user's own digits, then `--generator FOLDER`: piecewise linear end to end,
+    so exactline decides, and deeppoly never certifies what exactline falsifies."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    np.savez(tmp_path / "mine.npz", images=(d.images[:128, None] / 16).astype(np.float32), labels=d.target[:128])
+    np.savez(tmp_path / "test.npz", images=(d.images[1500:1506, None] / 16).astype(np.float32),
+             labels=d.target[1500:1506])
+    entry = tmp_path / "entry"
+    assert run_cli("generator", "regulate", "--data", str(tmp_path / "mine.npz"), "--out", str(entry), "--latent",
+                   "6", "--steps", "30") == 0
+    out = tmp_path / "r.jsonl"
+    assert run_cli("run", "-c", "exactline", "-c", "deeppoly", "--generator", str(entry), "--direction", "svd:0",
+                   "--model", "digits-cnn", "--data", str(tmp_path / "test.npz"), "--delta", "0.3", "--workers", "1",
+                   "-q", "--out", str(out)) == 0
+    certs = read_certificates(out)
+    assert len(certs) == 12 and all(c.error is None for c in certs)
+    exact = {c.input: c.verdict for c in certs if c.certifier == "exactline"}
+    assert set(exact.values()) <= {"certified", "falsified"}  # complete: never unknown here
+    for c in certs:
+        if c.certifier == "deeppoly" and c.verdict == "certified":
+            assert exact[c.input] == "certified"
+    assert certs[0].region["direction"]["rank_threshold"] == 0.01
