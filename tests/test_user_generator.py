@@ -353,3 +353,39 @@ def test_a_regulated_entry_of_the_users_images_is_certified_exactly_as_a_generat
         if c.certifier == "deeppoly" and c.verdict == "certified":
             assert exact[c.input] == "certified"
     assert certs[0].region["direction"]["rank_threshold"] == 0.01
+
+
+def test_an_exported_user_generator_instance_is_decided_like_the_direct_run(world: Path, tmp_path: Path) -> None:
+    """`gcert export --generator`: onnxruntime on the exported N(t) = f(G(embed(t))) matches the user's own modules
+    at many t, and `gcert run --vnnlib` on each instance gives the direct run's verdict."""
+    import csv
+
+    import onnxruntime as ort
+    import vae_world
+
+    out = tmp_path / "bench"
+    args = ["--generator", GEN, "--direction", "svd:0", "--model", CLF, "--data", str(world / "samples.npz"),
+            "--limit", "4", "--delta", "0.3"]
+    assert run_cli("export", *args, "--out", str(out)) == 0
+    direct = tmp_path / "direct.jsonl"
+    assert run_cli("run", "-c", "deeppoly", *args, "--workers", "1", "-q", "--out", str(direct)) == 0
+    records = {c.input: c for c in read_certificates(direct)}
+    verdicts = {k: c.verdict for k, c in records.items()}
+    assert "falsified" in verdicts.values()  # a witness to check the exported network against
+    manifest = json.loads((out / "gcert-export.json").read_text())
+    rows = list(csv.reader((out / "instances.csv").read_text().splitlines()))
+    gen, clf = vae_world.G(), vae_world.classifier()
+    for (onnx_rel, vnnlib_rel, _), info in zip(rows, manifest["instances"], strict=True):
+        witness = records[info["task"]["input"]].witness
+        if witness is not None:  # the exported N at the witness's t is the user's f(G(control)) there
+            session = ort.InferenceSession(str(out / onnx_rel))
+            t = np.array([witness.t], dtype=np.float32).reshape(1, -1)
+            got = session.run(None, {session.get_inputs()[0].name: t})[0].reshape(-1)
+            with torch.no_grad():
+                own = clf(gen(torch.tensor([witness.control], dtype=torch.float32))).reshape(-1).numpy()
+            assert np.allclose(got, own, atol=1e-4) and np.allclose(got, witness.outputs, atol=1e-4)
+        res = tmp_path / f"{Path(vnnlib_rel).stem}.jsonl"
+        assert run_cli("run", "-c", "deeppoly", "--model", str(out / onnx_rel), "--vnnlib", str(out / vnnlib_rel),
+                       "--workers", "1", "-q", "--out", str(res)) == 0
+        (cert,) = read_certificates(res)
+        assert cert.verdict == verdicts[info["task"]["input"]], (vnnlib_rel, cert.error)
