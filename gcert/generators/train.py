@@ -11,6 +11,12 @@ The loss per batch of images ``x`` with codes ``z = E(x)``:
   fixes the latent scale (a unit of ``delta`` means about one standard deviation of the data's codes,
   so C is comparable between runs) and decorrelates the codes, without the sampling noise of a VAE.
 
+The geometric kind (``TrainConfig.geometry``) puts one latent per mutation first, in units of its range
+(latent 1 = the largest strength trained on), then the content: the generator draws ``warp(x, f)`` from
+``[f, c]`` with ``f ~ U(-1, 1)`` and ``c`` read off the unmutated image by a training-only encoder, and
+``[0, c]`` as ``x`` itself; the written encoder learns to name ``[f, c]`` of mutated and unmutated images
+("naming" term), the continuity term and the prior act as above (the prior on ``c`` only).
+
 Adam at a constant learning rate, so a run resumed from its checkpoint, with the same or more steps, is
 the same arithmetic as an uninterrupted one. While training, the piecewise-linear output is replaced
 by a leaky clamp (same values inside the range, a small slope outside) so saturated pixels still get
