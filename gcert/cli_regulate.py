@@ -8,6 +8,7 @@ that prints ``gcert: error: ...``.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -38,6 +39,13 @@ ENTRY_FILES = ("gcert-generator.json", "generator.safetensors", "encoder.safeten
 def _check_out(out: Path, resume: bool, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder (created if missing)")
+    existing = out
+    while not existing.exists() and existing.parent != existing:  # the first folder that would not be created
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--out {out} lies under {existing}, which is a file, not a folder; give another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: folder {existing} is not writable; give an --out in a writable folder")
     if resume and force:
         raise InputError("--resume and --force contradict each other: --resume continues the training in --out, "
                          "--force starts it again; give one")

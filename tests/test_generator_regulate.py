@@ -271,11 +271,15 @@ def bad_data(tmp_path: Path) -> dict[str, Path]:
     ("good", ["--latent", "0"], "--latent must be at least 1"),
     ("good", ["--steps", "0"], "--steps must be at least 1"),
     ("good", ["--continuity", "nan"], "--continuity must be a finite weight"),
+    ("under-a-file", [], "which is a file, not a folder"),
 ])
 def test_bad_input_is_refused_in_one_line_before_training(case: str, extra: list[str], message: str,
                                                           bad_data: dict[str, Path], npz: Path, tmp_path: Path):
-    data = npz if case == "good" else bad_data[case]
+    data = npz if case in ("good", "under-a-file") else bad_data[case]
     out = tmp_path / "out"
+    if case == "under-a-file":
+        (tmp_path / "a-file").write_text("")
+        out = tmp_path / "a-file" / "out"
     result = invoke("--data", str(data), "--out", str(out), *extra)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
