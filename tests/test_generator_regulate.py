@@ -126,6 +126,9 @@ def test_tampered_missing_or_corrupt_files_are_refused_in_one_line(entry_dir: Pa
     (bad / "gcert-generator.json").write_text(json.dumps({**manifest, "format": "gcert-generator/0"}))
     with pytest.raises(InputError, match="has format"):
         load_local_entry(bad)
+    (bad / "gcert-generator.json").write_text(json.dumps({**manifest, "control_shape": [9]}))
+    with pytest.raises(InputError, match="disagrees with its architecture"):
+        load_local_entry(bad)
     with pytest.raises(InputError, match="not a local generator entry"):
         load_local_entry(tmp_path)
 

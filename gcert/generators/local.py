@@ -152,10 +152,21 @@ def load_local_entry(path: str | os.PathLike[str]) -> LocalEntry:
         modules[key] = module.eval().requires_grad_(False)
     generator = modules["weights"]
     assert generator is not None
+    arch = manifest["architecture"]
+    try:
+        control_shape = tuple(int(v) for v in manifest["control_shape"])
+        image_shape = tuple(int(v) for v in manifest["image_shape"])
+        value_range = (float(manifest["value_range"][0]), float(manifest["value_range"][1]))
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise InputError(f"{mpath}: control_shape, image_shape or value_range is not a list of numbers; "
+                         f"{_fix(manifest, root)}") from None
+    # the manifest itself carries no checksum: what it says must agree with the architecture it names
+    if (control_shape != (int(arch["latent"]),) or image_shape != (int(arch["channels"]), *map(int, arch["size"]))
+            or value_range != tuple(float(v) for v in arch.get("value_range", (0.0, 1.0)))):
+        raise InputError(f"{mpath}: control_shape {list(control_shape)}, image_shape {list(image_shape)} or "
+                         f"value_range {list(value_range)} disagrees with its architecture; {_fix(manifest, root)}")
     return LocalEntry(
         path=root, name=str(manifest["name"]), generator=generator, encoder=modules["encoder"],
-        control_shape=tuple(int(v) for v in manifest["control_shape"]),
-        image_shape=tuple(int(v) for v in manifest["image_shape"]),
-        value_range=(float(manifest["value_range"][0]), float(manifest["value_range"][1])),
+        control_shape=control_shape, image_shape=image_shape, value_range=value_range,
         piecewise_linear=bool(manifest["piecewise_linear"]), sha256=str(manifest["sha256"]), manifest=manifest,
     )
