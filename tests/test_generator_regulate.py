@@ -413,3 +413,33 @@ def test_the_geometric_kind_learns_its_mutation_as_a_latent(npz: Path, tmp_path:
 def test_bad_geometric_options_are_refused_in_one_line(args: list[str], message: str, npz: Path, tmp_path: Path):
     result = invoke("--data", str(npz), "--out", str(tmp_path / "g"), *args)
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_exactline_decides_a_segment_through_the_regulated_generator(entry_dir: Path, images: np.ndarray):
+    from gcert.generators import mutating_directions
+    from gcert.plugins import load_registry
+    from gcert.problem import Problem
+    from gcert.regions import Segment
+    from gcert.spec import Spec
+
+    entry = load_local_entry(entry_dir)
+    x = torch.from_numpy(images.astype(np.float32) / 255).unsqueeze(1)
+    y = torch.tensor([i % 2 for i in range(len(x))])  # blob 0, bar 1
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.eval().requires_grad_(False)
+    certifier = load_registry().certifier("exactline")
+    options = certifier.parse_options({})
+    with torch.no_grad():
+        z = entry.encoder(x[:2])
+    for i in range(2):
+        direction = mutating_directions(entry.generator, z[i : i + 1], k=1).vectors[0].float()
+        problem = Problem(net, entry.generator, Segment(z[i], z[i] + direction), Spec.top1(int(y[i]), 2))
+        certifier.prepare(problem)
+        # exact end to end: the piecewise-linear generator leaves exactline nothing it cannot decide
+        assert certifier.certify(problem, options).verdict in ("certified", "falsified")
