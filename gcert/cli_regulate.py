@@ -8,6 +8,7 @@ that prints ``gcert: error: ...``.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -38,6 +39,13 @@ ENTRY_FILES = ("gcert-generator.json", "generator.safetensors", "encoder.safeten
 def _check_out(out: Path, resume: bool, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder (created if missing)")
+    existing = out
+    while not existing.exists() and existing.parent != existing:  # the first folder that would not be created
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--out {out} lies under {existing}, which is a file, not a folder; give another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: folder {existing} is not writable; give an --out in a writable folder")
     if resume and force:
         raise InputError("--resume and --force contradict each other: --resume continues the training in --out, "
                          "--force starts it again; give one")
@@ -71,7 +79,13 @@ def _figures_lines(figures: dict[str, Any]) -> list[str]:
 @generator.command("regulate")
 @click.option("--data", "data_ref", required=True, help="Your images: a folder, an .npz or a .csv (MNIST style).")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for the entry (created).")
-@click.option("--latent", type=int, default=8, show_default=True, help="Latent dimensions (the control space).")
+@click.option("--kind", default="plain", show_default=True,
+              help="plain: an autoencoder of the images; geometric: also one latent per --mutations.")
+@click.option("--mutations", default=None,
+              help="Geometric kind: NAME[:RANGE],... of rotate (degrees), shift_x, shift_y (pixels), scale (percent), "
+                   "shear (degrees); default rotate,shift_x,shift_y,scale with ranges 20, side/8, side/8, 20.")
+@click.option("--latent", type=int, default=8, show_default=True,
+              help="Latent dimensions (geometric kind: the content ones, after one per mutation).")
 @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps (Adam, constant rate).")
 @click.option("--batch", type=int, default=64, show_default=True, help="Images per step (drawn with replacement).")
 @click.option("--continuity", type=float, default=1.0, show_default=True,
@@ -88,16 +102,36 @@ def _figures_lines(figures: dict[str, Any]) -> list[str]:
 @click.option("--limit", type=int, default=None, help="Use the first N images only.")
 @click.option("--input-shape", default=None, help="C,H,W of CSV rows that are not square images, e.g. 1,8,16.")
 @click.option("--no-batchnorm", is_flag=True, help="Train without BatchNorm (it is folded away either way).")
-def regulate(data_ref: str, out_dir: str, latent: int, steps: int, batch: int, continuity: float, prior: float,
-             lr: float, seed: int, checkpoint_every: int, resume: bool, force: bool, name: str | None,
-             limit: int | None, input_shape: str | None, no_batchnorm: bool) -> None:
+def regulate(**options: Any) -> None:
     """Train a regulated generator (piecewise-linear output, continuity term) on your images and write it,
     measured, as a local zoo entry for `gcert run --generator DIR`."""
     try:
-        _regulate(data_ref, Path(out_dir), latent, steps, batch, continuity, prior, lr, seed, checkpoint_every,
-                  resume, force, name, limit, input_shape, not no_batchnorm)
+        _regulate(options)
     except GcertError as exc:
         raise _OneLine(str(exc)) from None
+
+
+def _mutations(value: str | None) -> list[tuple[str, float | None]]:
+    from gcert.generators.train import GEOMETRY_UNITS
+
+    items = (value or "rotate,shift_x,shift_y,scale").split(",")
+    out: list[tuple[str, float | None]] = []
+    for item in items:
+        name, _, rng = item.strip().partition(":")
+        if name not in GEOMETRY_UNITS:
+            raise InputError(f"--mutations: unknown {name!r}; known: {', '.join(GEOMETRY_UNITS)} (NAME or NAME:RANGE)")
+        if name in (n for n, _ in out):
+            raise InputError(f"--mutations names {name} twice; give each once")
+        r: float | None = None
+        if rng:
+            try:
+                r = float(rng)
+            except ValueError:
+                r = math.nan
+            if not math.isfinite(r) or r <= 0:
+                raise InputError(f"--mutations: the range of {name} must be a number > 0, got {rng!r}")
+        out.append((name, r))
+    return out
 
 
 def _shape(value: str | None) -> tuple[int, ...] | None:
@@ -117,9 +151,13 @@ def _positive(value: float | int, what: str, least: float | int = 1) -> None:
         raise InputError(f"{what} must be at least {least}, got {value}")
 
 
-def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, continuity: float, prior: float,
-              lr: float, seed: int, checkpoint_every: int, resume: bool, force: bool, name: str | None,
-              limit: int | None, input_shape: str | None, batchnorm: bool) -> None:
+def _regulate(o: dict[str, Any]) -> None:
+    """The command with its options as click parsed them: checks everything before any training."""
+    data_ref, out, kind, mutations = o["data_ref"], Path(o["out_dir"]), o["kind"], o["mutations"]
+    latent, steps, batch, lr = o["latent"], o["steps"], o["batch"], o["lr"]
+    continuity, prior = o["continuity"], o["prior"]
+    seed, checkpoint_every, resume, force = o["seed"], o["checkpoint_every"], o["resume"], o["force"]
+    name, limit, input_shape, batchnorm = o["name"], o["limit"], o["input_shape"], not o["no_batchnorm"]
     _positive(latent, "--latent")
     _positive(steps, "--steps")
     _positive(batch, "--batch", 2)
@@ -132,6 +170,11 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
     if not math.isfinite(lr) or lr <= 0:
         raise InputError(f"--lr must be a finite number > 0, got {lr}")
     shape_arg = _shape(input_shape)
+    if kind not in ("plain", "geometric"):
+        raise InputError(f"--kind {kind!r} is not one of plain, geometric (stylized is not built yet)")
+    if mutations is not None and kind != "geometric":
+        raise InputError("--mutations is for --kind geometric; add --kind geometric or drop --mutations")
+    wanted = _mutations(mutations) if kind == "geometric" else []
     _check_out(out, resume, force)
 
     import torch
@@ -139,7 +182,16 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
     from gcert.data import load_inputs
     from gcert.generators import architectures as archs
     from gcert.generators.local import write_local_entry
-    from gcert.generators.train import CHECKPOINT, TrainConfig, images_sha256, measure, train
+    from gcert.generators.train import (
+        CHECKPOINT,
+        GEOMETRY_UNITS,
+        TrainConfig,
+        default_range,
+        images_sha256,
+        measure,
+        measure_geometry,
+        train,
+    )
 
     data = load_inputs(data_ref, limit, shape_arg)
     images = data.images
@@ -151,13 +203,14 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
     if len(images) < 2:
         raise InputError(f"--data {data_ref} holds {len(images)} image; a generator needs at least 2 (dozens or more "
                          "to be useful)")
+    geometry = tuple((name, r if r is not None else default_range(name, shape)) for name, r in wanted)
     if force:
         for filename in ENTRY_FILES:
             if (out / filename).is_file():
                 (out / filename).unlink()
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(latent=latent, steps=steps, batch=batch, continuity=continuity, prior=prior, lr=lr,
-                         seed=seed, batchnorm=batchnorm, checkpoint_every=checkpoint_every)
+                         seed=seed, batchnorm=batchnorm, checkpoint_every=checkpoint_every, geometry=geometry)
     # SIGTERM stops training like Ctrl-C (checkpoint written); gcert.cli's handler makes `gcert` exit 143 then.
     # Imported here, not at the top: gcert.cli imports this module.
     from gcert.cli import _on_sigterm
@@ -174,45 +227,70 @@ def _regulate(data_ref: str, out: Path, latent: int, steps: int, batch: int, con
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     figures = measure(trained.generator, trained.encoder, images, seed=seed)
+    extra: dict[str, Any] = {"regulation": kind}
+    if geometry:
+        figures["geometry"] = measure_geometry(trained.generator, trained.encoder, images, geometry, seed=seed)
+        nf = len(geometry)
+        extra["control_space"] = {
+            "dim": nf + latent, "content": {"first": nf, "dim": latent, "prior": "N(0, I) (moment-matched)"},
+            "factors": [{"name": name, "index": j, "unit": GEOMETRY_UNITS[name], "per_latent_unit": r}
+                        for j, (name, r) in enumerate(geometry)],
+            "factor_prior": "uniform in [-1, 1] latent units (the range the generator was trained on)"}
+        extra["mutations"] = [{"name": name, "kind": "geometric", "latent_index": j, "unit": GEOMETRY_UNITS[name],
+                               "latent_per_unit": 1 / r, "default_delta": r / 2, "max_delta": r}
+                              for j, (name, r) in enumerate(geometry)]
     recipe = {
         "data": str(data_ref), "images": len(images), "data_sha256": images_sha256(images),
         "data_sha256_of": "the images as loaded: float32 (N, C, H, W) in [0, 1]", "limit": limit,
         "steps": trained.steps, "resumed_from_step": trained.resumed_from, "batch": batch, "lr": lr,
         "optimizer": "Adam, constant learning rate", "seed": seed, "batchnorm": batchnorm,
-        "loss": {"reconstruction": 1.0, "continuity": continuity, "prior": prior},
+        "kind": kind, "geometry": [{"name": name, "range": r, "unit": GEOMETRY_UNITS[name]} for name, r in geometry],
+        "loss": {"reconstruction": 1.0, "continuity": continuity, "prior": prior,
+                 **({"naming": 1.0} if geometry else {})},
         "loss_terms": {"reconstruction": "||G(E(x)) - x||_2^2 per image", "continuity": "GCert Eq. 14 (sign as in "
                        "gcert.generators.regulate.continuity_loss) on code pairs: another image's, or N(0, I)",
-                       "prior": "||mean(z)||^2 + ||cov(z) - I||_F^2 over the batch (moment match to N(0, I))"},
+                       "prior": "||mean(z)||^2 + ||cov(z) - I||_F^2 over the batch (moment match to N(0, I))",
+                       **({"naming": "||E(x) - [factors, content]||_2^2 on mutated and unmutated images; "
+                                     "reconstruction is then of warp(x, factors) from [factors, content]"}
+                          if geometry else {})},
         "held_out": figures["reconstruction"]["on"],
         "final_losses": {k: round(v, 5) for k, v in trained.last_losses.items()},
         "train_seconds": round(trained.seconds, 2), "device": trained.device,
         "gcert_version": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-        "command": "gcert generator regulate " + " ".join(_argv(data_ref, out, latent, steps, batch, continuity,
-                                                               prior, lr, seed, name, limit, input_shape,
-                                                               batchnorm)),
+        "command": "gcert generator regulate " + " ".join(_argv(o)),
     }
     entry_name = name or out.resolve().name
     manifest = write_local_entry(out, entry_name, trained.generator, trained.encoder, trained.architecture,
-                                 trained.encoder_architecture, (latent,), shape, (0.0, 1.0), figures, recipe)
-    click.echo(f"wrote {out}: generator {entry_name!r}, {latent} latent dims -> images {'x'.join(map(str, shape))}, "
-               f"{trained.steps} steps in {trained.seconds:.1f} s on {trained.device}"
+                                 trained.encoder_architecture, (len(geometry) + latent,), shape, (0.0, 1.0), figures,
+                                 recipe, extra)
+    click.echo(f"wrote {out}: {kind} generator {entry_name!r}, {len(geometry) + latent} latent dims -> images "
+               f"{'x'.join(map(str, shape))}, {trained.steps} steps in {trained.seconds:.1f} s on {trained.device}"
                + (f" (resumed at step {trained.resumed_from})" if trained.resumed_from else ""))
     for line in _figures_lines(figures):
         click.echo(f"  {line}")
+    for j, (name, r) in enumerate(geometry):
+        g = figures["geometry"][name]
+        click.echo(f"  {name}: latent {j}, 1 latent unit = {r:g} {g['unit']}; drawn vs warped RMS {g['rms_mean']:.4f} "
+                   f"(ignoring it: {g['unchanged_rms_mean']:.4f}), strength read back within "
+                   f"{g['factor_error_mean']:.3g} {g['unit']}")
     click.echo(f"  manifest {manifest}; checkpoint {out / CHECKPOINT} (--resume --steps N continues it)")
-    click.echo(f"next: gcert run -c exactline --generator {out} --direction svd:0 --model YOUR_NET --data {data_ref}")
+    direction = "latent:0" if geometry else "svd:0"
+    click.echo(f"next: gcert run -c exactline --generator {out} --direction {direction} --model YOUR_NET "
+               f"--data {data_ref}")
 
 
-def _argv(data_ref: str, out: Path, latent: int, steps: int, batch: int, continuity: float, prior: float, lr: float,
-          seed: int, name: str | None, limit: int | None, input_shape: str | None, batchnorm: bool) -> list[str]:
-    args = [f"--data {data_ref}", f"--out {out}", f"--latent {latent}", f"--steps {steps}", f"--batch {batch}",
-            f"--continuity {continuity:g}", f"--prior {prior:g}", f"--lr {lr:g}", f"--seed {seed}"]
-    if name:
-        args.append(f"--name {name}")
-    if limit is not None:
-        args.append(f"--limit {limit}")
-    if input_shape is not None:
-        args.append(f"--input-shape {input_shape}")
-    if not batchnorm:
+def _argv(o: dict[str, Any]) -> list[str]:
+    """The options as a command line (the recipe's ``command``): the given ones and the defaults in effect."""
+    args = [f"--data {o['data_ref']}", f"--out {o['out_dir']}"]
+    if o["kind"] != "plain":
+        args.append(f"--kind {o['kind']}")
+    if o["mutations"]:
+        args.append(f"--mutations {o['mutations']}")
+    args += [f"--latent {o['latent']}", f"--steps {o['steps']}", f"--batch {o['batch']}",
+             f"--continuity {o['continuity']:g}", f"--prior {o['prior']:g}", f"--lr {o['lr']:g}", f"--seed {o['seed']}"]
+    for key, flag in (("name", "--name"), ("limit", "--limit"), ("input_shape", "--input-shape")):
+        if o[key] is not None:
+            args.append(f"{flag} {o[key]}")
+    if o["no_batchnorm"]:
         args.append("--no-batchnorm")
     return args

@@ -58,9 +58,11 @@ def is_local_entry(path: str | os.PathLike[str]) -> bool:
 def write_local_entry(out: Path, name: str, generator: nn.Module, encoder: nn.Module | None,
                       architecture: dict[str, Any], encoder_architecture: dict[str, Any] | None,
                       control_shape: tuple[int, ...], image_shape: tuple[int, ...],
-                      value_range: tuple[float, float], figures: dict[str, Any], recipe: dict[str, Any]) -> Path:
+                      value_range: tuple[float, float], figures: dict[str, Any], recipe: dict[str, Any],
+                      extra: dict[str, Any] | None = None) -> Path:
     """Write the weights (safetensors) and then the manifest (last, via a temporary file, so a directory
-    with a manifest always has the files it names). Returns the manifest's path."""
+    with a manifest always has the files it names). ``extra``: further manifest fields (the geometric kind's
+    ``control_space`` and ``mutations``). Returns the manifest's path."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ def write_local_entry(out: Path, name: str, generator: nn.Module, encoder: nn.Mo
         "weights": GENERATOR_FILE, "sha256": "", "encoder": None, "encoder_sha256": None,
         "control_shape": list(control_shape), "image_shape": list(image_shape),
         "value_range": [float(v) for v in value_range], "piecewise_linear": True,
-        "figures": figures, "recipe": recipe,
+        **(extra or {}), "figures": figures, "recipe": recipe,
     }
     modules = [("weights", "sha256", GENERATOR_FILE, generator)]
     if encoder is not None:
@@ -150,10 +152,21 @@ def load_local_entry(path: str | os.PathLike[str]) -> LocalEntry:
         modules[key] = module.eval().requires_grad_(False)
     generator = modules["weights"]
     assert generator is not None
+    arch = manifest["architecture"]
+    try:
+        control_shape = tuple(int(v) for v in manifest["control_shape"])
+        image_shape = tuple(int(v) for v in manifest["image_shape"])
+        value_range = (float(manifest["value_range"][0]), float(manifest["value_range"][1]))
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise InputError(f"{mpath}: control_shape, image_shape or value_range is not a list of numbers; "
+                         f"{_fix(manifest, root)}") from None
+    # the manifest itself carries no checksum: what it says must agree with the architecture it names
+    if (control_shape != (int(arch["latent"]),) or image_shape != (int(arch["channels"]), *map(int, arch["size"]))
+            or value_range != tuple(float(v) for v in arch.get("value_range", (0.0, 1.0)))):
+        raise InputError(f"{mpath}: control_shape {list(control_shape)}, image_shape {list(image_shape)} or "
+                         f"value_range {list(value_range)} disagrees with its architecture; {_fix(manifest, root)}")
     return LocalEntry(
         path=root, name=str(manifest["name"]), generator=generator, encoder=modules["encoder"],
-        control_shape=tuple(int(v) for v in manifest["control_shape"]),
-        image_shape=tuple(int(v) for v in manifest["image_shape"]),
-        value_range=(float(manifest["value_range"][0]), float(manifest["value_range"][1])),
+        control_shape=control_shape, image_shape=image_shape, value_range=value_range,
         piecewise_linear=bool(manifest["piecewise_linear"]), sha256=str(manifest["sha256"]), manifest=manifest,
     )

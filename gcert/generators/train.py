@@ -11,6 +11,12 @@ The loss per batch of images ``x`` with codes ``z = E(x)``:
   fixes the latent scale (a unit of ``delta`` means about one standard deviation of the data's codes,
   so C is comparable between runs) and decorrelates the codes, without the sampling noise of a VAE.
 
+The geometric kind (``TrainConfig.geometry``) puts one latent per mutation first, in units of its range
+(latent 1 = the largest strength trained on), then the content: the generator draws ``warp(x, f)`` from
+``[f, c]`` with ``f ~ U(-1, 1)`` and ``c`` read off the unmutated image by a training-only encoder, and
+``[0, c]`` as ``x`` itself; the written encoder learns to name ``[f, c]`` of mutated and unmutated images
+("naming" term), the continuity term and the prior act as above (the prior on ``c`` only).
+
 Adam at a constant learning rate, so a run resumed from its checkpoint, with the same or more steps, is
 the same arithmetic as an uninterrupted one. While training, the piecewise-linear output is replaced
 by a leaky clamp (same values inside the range, a small slope outside) so saturated pixels still get
@@ -58,12 +64,15 @@ class TrainConfig:
     seed: int = 0
     batchnorm: bool = True
     checkpoint_every: int = 250
+    geometry: tuple[tuple[str, float], ...] = ()
+    """Geometric kind: (mutation, range in its unit) per factor; ``latent`` then counts the content dims only."""
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the checkpoint's."""
+        """The fields a resumed run must share with the checkpoint's (JSON-like, as a checkpoint holds them)."""
         d = asdict(self)
         d.pop("steps")
         d.pop("checkpoint_every")
+        d["geometry"] = [[name, float(r)] for name, r in self.geometry]
         return d
 
 
@@ -101,6 +110,58 @@ def images_sha256(images: torch.Tensor) -> str:
     h = hashlib.sha256(repr(tuple(images.shape)).encode())
     h.update(images.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+GEOMETRY_UNITS = {"rotate": "degrees", "shift_x": "pixels", "shift_y": "pixels", "scale": "percent",
+                  "shear": "degrees"}
+"""The geometric mutations: rotate counter-clockwise as displayed, shift right / down, scale up about the
+centre, shear (x moves by tan(angle) times the height above the centre)."""
+
+
+def default_range(name: str, image_shape: tuple[int, ...]) -> float:
+    """The default largest strength of a geometric mutation: 20 degrees, an eighth of the side, 20 %, 15 degrees."""
+    _, h, w = image_shape
+    return {"rotate": 20.0, "shift_x": w / 8, "shift_y": h / 8, "scale": 20.0, "shear": 15.0}[name]
+
+
+def warp(images: torch.Tensor, params: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+    """``images`` (N, C, H, W) moved by ``params`` (N, len(names)) in each mutation's unit (bilinear, the
+    outside filled with 0): the images the geometric kind learns to draw, and what its figures compare to."""
+    import torch.nn.functional as F
+
+    n, _, h, w = images.shape
+    dt = images.dtype
+    ang = torch.zeros(n, dtype=dt, device=images.device)
+    tx, ty, sc, sh = ang.clone(), ang.clone(), ang.clone(), ang.clone()
+    for j, name in enumerate(names):
+        v = params[:, j].to(dt)
+        if name == "rotate":
+            ang = torch.deg2rad(v)
+        elif name == "shift_x":
+            tx = v
+        elif name == "shift_y":
+            ty = v
+        elif name == "scale":
+            sc = v / 100
+        elif name == "shear":
+            sh = torch.tan(torch.deg2rad(v))
+        else:
+            raise ValueError(f"unknown geometric mutation {name!r}; known: {', '.join(GEOMETRY_UNITS)}")
+    # forward map in pixels (x right, y down): p_out = A p_in + t, A = (1 + scale) R(angle) Shear
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # counter-clockwise on screen
+    shear = torch.zeros(n, 2, 2, dtype=dt, device=images.device)
+    shear[:, 0, 0], shear[:, 1, 1], shear[:, 0, 1] = 1, 1, -sh
+    a = (1 + sc).reshape(n, 1, 1) * rot @ shear
+    inv = torch.linalg.inv(a)
+    t = torch.stack([tx, ty], -1).unsqueeze(-1)
+    # affine_grid maps output to input in normalised coordinates u = x / (W / 2): theta = S^-1 A^-1 [S | -t]
+    s_ = torch.tensor([w / 2, h / 2], dtype=dt, device=images.device)
+    lin = inv * s_.reshape(1, 1, 2) / s_.reshape(1, 2, 1)
+    shift = -(inv @ t).squeeze(-1) / s_
+    theta = torch.cat([lin, shift.unsqueeze(-1)], -1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,18 +220,26 @@ def train(images: torch.Tensor, out: Path, config: TrainConfig, resume: bool = F
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = tuple(int(v) for v in images.shape[1:])
-    arch = archs.default_architecture(config.latent, shape, value_range)  # type: ignore[arg-type]
-    enc_arch = archs.default_encoder_architecture(config.latent, shape)  # type: ignore[arg-type]
+    names = tuple(name for name, _ in config.geometry)
+    k = len(names)
+    ranges = torch.tensor([float(r) for _, r in config.geometry], dtype=torch.float32, device=device)
+    arch = archs.default_architecture(k + config.latent, shape, value_range)  # type: ignore[arg-type]
+    enc_arch = archs.default_encoder_architecture(k + config.latent, shape)  # type: ignore[arg-type]
     bn = config.batchnorm
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         gen = archs.build({**arch, "batchnorm": bn})
         enc = archs.build({**enc_arch, "batchnorm": bn})
+        # geometric kind: a second encoder (training only) reads the content of the unmutated image, while the
+        # written one learns to name factors and content of any image (sharing one made the target chase itself)
+        content = archs.build({**archs.default_encoder_architecture(config.latent, shape), "batchnorm": bn}) \
+            if k else nn.Identity()
     _init_output(gen)
     exact_output, gen.out = gen.out, LeakyClamp(value_range)
-    gen.to(device)
-    enc.to(device)
-    opt = torch.optim.Adam(list(gen.parameters()) + list(enc.parameters()), lr=config.lr)
+    for module in (gen, enc, content):
+        module.to(device)
+    params = [*gen.parameters(), *enc.parameters(), *content.parameters()]
+    opt = torch.optim.Adam(params, lr=config.lr)
     rng = torch.Generator().manual_seed(config.seed)
     train_idx, _ = split(len(images), config.seed)
     data = images[train_idx].to(device=device, dtype=torch.float32)
@@ -194,6 +263,8 @@ def train(images: torch.Tensor, out: Path, config: TrainConfig, resume: bool = F
                              f"give --steps {start} or more")
         gen.load_state_dict(state["generator"])
         enc.load_state_dict(state["encoder"])
+        if k:
+            content.load_state_dict(state["content_encoder"])
         opt.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         last = dict(state.get("losses", {}))
@@ -205,35 +276,63 @@ def train(images: torch.Tensor, out: Path, config: TrainConfig, resume: bool = F
         _save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step,
             "generator": gen.state_dict(), "encoder": enc.state_dict(), "optimizer": opt.state_dict(),
-            "rng": rng.get_state(), "losses": last,
+            "rng": rng.get_state(), "losses": last, **({"content_encoder": content.state_dict()} if k else {}),
         })
 
+    def plain_step() -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, len(data), (n,), generator=rng)
+        perm = torch.randperm(n, generator=rng)
+        noise = torch.randn(n - half, config.latent, generator=rng)
+        lam = torch.rand(n, generator=rng)
+        x = data[idx.to(device)]
+        z = enc(x)
+        recon = (gen(z) - x).pow(2).flatten(1).sum(1).mean()
+        prior = _prior_loss(z)
+        z0 = z.detach()
+        zT = torch.cat([z0[perm[:half].to(device)], noise.to(device)])
+        cont = continuity_loss(gen, z0, zT, lam=lam.to(device))
+        loss = recon + config.continuity * cont + config.prior * prior
+        return {"loss": loss, "reconstruction": recon, "continuity": cont, "prior": prior}
+
+    def geometric_step() -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, len(data), (n,), generator=rng)
+        f = (2 * torch.rand(n, k, generator=rng) - 1).to(device)
+        perm = torch.randperm(n, generator=rng)
+        noise = torch.cat([2 * torch.rand(n - half, k, generator=rng) - 1,
+                           torch.randn(n - half, config.latent, generator=rng)], 1)
+        lam = torch.rand(n, generator=rng)
+        x0 = data[idx.to(device)]
+        x = warp(x0, f * ranges, names)
+        c = content(x0)
+        zf, z0f = torch.cat([f, c], 1), torch.cat([torch.zeros_like(f), c], 1)
+        drawn = gen(torch.cat([zf, z0f]))
+        recon = 0.5 * ((drawn[:n] - x).pow(2).flatten(1).sum(1).mean()
+                       + (drawn[n:] - x0).pow(2).flatten(1).sum(1).mean())
+        prior = _prior_loss(c)
+        # the written encoder names the factors and the content of mutated and unmutated images
+        pred = enc(torch.cat([x, x0]))
+        naming = (pred - torch.cat([zf, z0f]).detach()).pow(2).sum(1).mean()
+        z0 = zf.detach()
+        zT = torch.cat([z0[perm[:half].to(device)], noise.to(device)])
+        cont = continuity_loss(gen, z0, zT, lam=lam.to(device))
+        loss = recon + config.continuity * cont + config.prior * prior + naming
+        return {"loss": loss, "reconstruction": recon, "continuity": cont, "prior": prior, "naming": naming}
+
+    one_step = geometric_step if k else plain_step
     from tqdm import tqdm
 
     bar = tqdm(total=config.steps, initial=start, unit="step", desc="regulating", file=sys.stderr,
                disable=(None if progress is None else not progress), leave=False)
     try:
-        gen.train()
-        enc.train()
+        for module in (gen, enc, content):
+            module.train()
         while step < config.steps:
-            idx = torch.randint(0, len(data), (n,), generator=rng)
-            perm = torch.randperm(n, generator=rng)
-            noise = torch.randn(n - half, config.latent, generator=rng)
-            lam = torch.rand(n, generator=rng)
-            x = data[idx.to(device)]
-            z = enc(x)
-            recon = (gen(z) - x).pow(2).flatten(1).sum(1).mean()
-            prior = _prior_loss(z)
-            z0 = z.detach()
-            zT = torch.cat([z0[perm[:half].to(device)], noise.to(device)])
-            cont = continuity_loss(gen, z0, zT, lam=lam.to(device))
-            loss = recon + config.continuity * cont + config.prior * prior
+            terms = one_step()
             opt.zero_grad()
-            loss.backward()
+            terms["loss"].backward()
             opt.step()
             step += 1
-            last = {"loss": loss.item(), "reconstruction": recon.item(), "continuity": cont.item(),
-                    "prior": prior.item()}
+            last = {key: value.item() for key, value in terms.items()}
             if not math.isfinite(last["loss"]):
                 raise InputError(f"training diverged at step {step} (loss {last['loss']}); try a smaller "
                                  "--continuity or another --seed")
@@ -332,3 +431,35 @@ def measure(generator: nn.Module, encoder: nn.Module, images: torch.Tensor, seed
             "at": f"encoder codes of the first {len(ranks)} {on.split(' (')[0]}", "ranks": ranks,
             "min": min(ranks), "max": max(ranks), "smallest_sv_ratio_min": round(min(sv_ratio), 6)}
     return {"reconstruction": reconstruction, "continuity": continuity, "rank": rank}
+
+
+@torch.no_grad()
+def measure_geometry(generator: nn.Module, encoder: nn.Module, images: torch.Tensor,
+                     geometry: tuple[tuple[str, float], ...], seed: int = 0) -> dict[str, Any]:
+    """How well each factor latent of a geometric entry does its mutation, on the held-out images.
+
+    For ``z = E(x)`` and strengths ``delta`` of -1, -1/2, 1/2 and 1 times the range: ``rms_mean`` between
+    ``G(z + delta / range * e_j)`` and ``warp(x, delta)``, beside ``unchanged_rms_mean`` (``G(z)`` against
+    the same target: a generator that ignored the factor); and ``factor_error_mean``, the mean
+    ``|range * E(warp(x, delta))_j - delta|`` in the mutation's unit (how well inversion reads the strength).
+    """
+    train_idx, held_idx = split(len(images), seed)
+    test = images[held_idx] if len(held_idx) else images[train_idx]
+    z = encoder(test)
+    names = tuple(name for name, _ in geometry)
+    out: dict[str, Any] = {}
+    for j, (name, r) in enumerate(geometry):
+        rms, unchanged, factor = [], [], []
+        for frac in (-1.0, -0.5, 0.5, 1.0):
+            params = torch.zeros(len(test), len(names))
+            params[:, j] = frac * r
+            target = warp(test, params, names)
+            moved = z.clone()
+            moved[:, j] += frac
+            rms.append(_errors(generator(moved), target)["rms_mean"])
+            unchanged.append(_errors(generator(z), target)["rms_mean"])
+            factor.append(float((encoder(target)[:, j] * r - frac * r).abs().mean()))
+        out[name] = {"unit": GEOMETRY_UNITS[name], "range": r, "strengths": [f * r for f in (-1.0, -0.5, 0.5, 1.0)],
+                     "rms_mean": round(sum(rms) / 4, 4), "unchanged_rms_mean": round(sum(unchanged) / 4, 4),
+                     "factor_error_mean": round(sum(factor) / 4, 4)}
+    return out
