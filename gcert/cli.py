@@ -169,9 +169,24 @@ def _user_generator(o: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
                 raise GcertError(f"{flag} needs --generator (the generator whose latent it speaks about)")
         return None, mutations
     threshold = o.get("rank_threshold")
-    user = UserGenerator(o["generator_ref"], tuple(o.get("directions") or ()) or ("svd:0",), o.get("encoder_ref"),
+    named = _entry_mutations(o["generator_ref"])  # a geometric entry's own mutations come with it
+    directions = tuple(o.get("directions") or ()) or (() if named else ("svd:0",))
+    user = UserGenerator(o["generator_ref"], directions, o.get("encoder_ref"),
                          DEFAULT_RANK_THRESHOLD if threshold is None else float(threshold))
-    return user, mutations or user.mutation_names
+    return user, mutations or (*named, *user.mutation_names)
+
+
+def _entry_mutations(ref: str) -> tuple[str, ...]:
+    """The mutation names a `gcert generator regulate` folder declares (none for other generators)."""
+    manifest = Path(ref) / "gcert-generator.json"
+    if not manifest.is_file():
+        return ()
+    try:
+        entry = json.loads(manifest.read_text())
+        listed, name = entry.get("mutations", ()), entry["name"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return ()  # loading the entry reports what is wrong with it, in one line
+    return tuple(f"{name}:{m['name']}" for m in listed if isinstance(m, dict) and "name" in m)
 
 
 _JOB_OPTIONS = [
@@ -560,6 +575,14 @@ def directions_cmd(generator_ref: str, encoder_ref: str | None, data: str | None
     if not (math.isfinite(delta) and delta > 0):
         raise InputError(f"--delta {delta:g} must be a finite latent length > 0, e.g. --delta 1")
     wanted = [_save_spec(text, top) for text in saves]
+    if wanted:
+        from gcert.plugins import load_registry
+
+        taken = load_registry().mutations
+        clash = next((name for _, name in wanted if name in taken), None)
+        if clash is not None:
+            raise InputError(f"--save ...={clash}: {clash!r} is already a mutation of plugin "
+                             f"{taken[clash].plugin!r}; give the direction another name")
     folder = Path(out)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InputError(f"--out {out} is not a new or empty folder; give another --out (nothing is overwritten)")

@@ -24,7 +24,7 @@ from torch import nn
 from gcert import hookspecs
 from gcert.composite import SEPARATOR, compose
 from gcert.contracts import GUARANTEES, Certifier, GeneratorSpec, Mutation
-from gcert.errors import GcertError, PluginError, UnknownNameError, one_line
+from gcert.errors import GcertError, InputError, PluginError, UnknownNameError, one_line
 from gcert.transforms import ResolvableTransform
 
 if TYPE_CHECKING:
@@ -283,5 +283,16 @@ def _check(obj: Any, typ: type, kind: str, plugin: str, table: dict[str, Entry])
 
 
 def load_registry(settings: PluginSettings | None = None) -> Registry:
-    """Plugin manager and registry in one step: what the CLI and the runner use."""
-    return collect(get_plugin_manager(settings))
+    """Plugin manager and registry in one step: what the CLI and the runner use.
+
+    A name of the user's own generator or direction (``--generator``) that another plugin took already is refused
+    in one line: the run would otherwise certify the other plugin's mutation under the name the user gave."""
+    reg = collect(get_plugin_manager(settings))
+    if settings is not None and settings.generator is not None:
+        from gcert.generators.user import PLUGIN_NAME
+
+        clash = next((p for p in reg.problems if f"and {PLUGIN_NAME!r}" in p), None)
+        if clash is not None:
+            raise InputError(clash.split("; the first one is kept")[0] + "; give your direction or entry another "
+                             "name (gcert directions --save K=NAME, or the entry's mutation names)")
+    return reg

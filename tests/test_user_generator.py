@@ -389,3 +389,38 @@ def test_an_exported_user_generator_instance_is_decided_like_the_direct_run(worl
                        "--workers", "1", "-q", "--out", str(res)) == 0
         (cert,) = read_certificates(res)
         assert cert.verdict == verdicts[info["task"]["input"]], (vnnlib_rel, cert.error)
+
+
+def test_a_users_names_never_take_a_zoo_mutations_place(world: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`-m rotate` must not quietly certify the zoo's rotate when the user meant their own direction."""
+    assert run_cli("directions", "--generator", GEN, "--data", str(world / "samples.npz"), "--limit", "2",
+                   "--save", "0=rotate", "--out", str(tmp_path / "a"), "-q") == 2
+    assert "already a mutation of plugin 'zoo'" in capsys.readouterr().err
+    assert run_cli("directions", "--generator", GEN, "--data", str(world / "samples.npz"), "--limit", "2",
+                   "--save", "0=mine", "--out", str(tmp_path / "b"), "-q") == 0
+    meta = json.loads((tmp_path / "b" / "mine.json").read_text())
+    (tmp_path / "b" / "mine.json").write_text(json.dumps({**meta, "name": "rotate"}))  # renamed by hand
+    capsys.readouterr()
+    code, certs = _run(world, tmp_path / "r.jsonl", "-c", "deeppoly", "--direction", str(tmp_path / "b" / "mine.npy"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and certs == [] and "registered by both 'zoo' and 'user-generator'" in err and "\n" not in err
+
+
+def test_a_geometric_entry_brings_its_calibrated_mutations_under_its_own_name(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    np.savez(tmp_path / "mine.npz", images=(d.images[:128, None] / 16).astype(np.float32), labels=d.target[:128])
+    entry = tmp_path / "geo"
+    assert run_cli("generator", "regulate", "--data", str(tmp_path / "mine.npz"), "--out", str(entry), "--kind",
+                   "geometric", "--mutations", "rotate:20", "--latent", "4", "--steps", "20") == 0
+    out = tmp_path / "r.jsonl"
+    assert run_cli("run", "-c", "exactline", "--generator", str(entry), "--model", "digits-cnn", "--data",
+                   str(tmp_path / "mine.npz"), "--limit", "3", "--delta", "8", "--workers", "1", "-q",
+                   "--out", str(out)) == 0
+    certs = read_certificates(out)
+    assert {c.mutation for c in certs} == {"geo:rotate"} and {c.kind for c in certs} == {"geometric"}
+    for c in certs:  # 8 degrees is 8/20 of a latent unit along latent 0
+        assert c.unit == "degrees" and np.isclose(c.region["length"], 8 / 20)
+        assert c.region["direction"] == {"spec": "entry:geo:rotate", "latent_index": 0, "latent_per_unit": 0.05}

@@ -151,6 +151,7 @@ class LoadedGenerator:
     encoder: nn.Module | None = None
     encoder_sha256: str = ""
     zoo: bool = False  # a zoo generator: registered by the zoo plugin, the directions only add mutations
+    named: tuple[dict[str, Any], ...] = ()  # a local entry's own mutations (the geometric kind's calibrated axes)
 
 
 def load_generator(ref: str, encoder: str | None = None) -> LoadedGenerator:
@@ -200,6 +201,7 @@ def _load_local(ref: str) -> LoadedGenerator:
         raise InputError(f"{ref}: the entry says images {tuple(e.image_shape)} but its generator draws "
                          f"{gen.image_shape}; write the entry again")
     gen.value_range, gen.piecewise_linear, gen.sha256 = tuple(e.value_range), bool(e.piecewise_linear), e.sha256
+    gen.named = tuple(m for m in e.manifest.get("mutations", ()) if isinstance(m, dict))
     if e.encoder is not None:
         from gcert.models import fingerprint
 
@@ -427,6 +429,35 @@ def _read_mask(spec: DirectionSpec, image_shape: tuple[int, ...]) -> torch.Tenso
     return mask
 
 
+class EntryAxis:
+    """A mutation a local entry declares (``gcert generator regulate --kind geometric``): its latent axis, scaled so
+    one unit of strength is one unit of the mutation (degrees, pixels, percent) as trained. Named ``ENTRY:NAME``
+    (``mine:rotate``), so it never takes the name of a zoo mutation."""
+
+    def __init__(self, spec: dict[str, Any], gen: LoadedGenerator, entry_name: str):
+        self.name, self.gen = f"{entry_name}:{spec['name']}", gen
+        self.index, self.per_unit = int(spec["latent_index"]), float(spec["latent_per_unit"])
+        self.unit, self.default_delta = str(spec["unit"]), float(spec.get("default_delta", 1.0))
+        self.kind = str(spec.get("kind", "geometric"))
+        if not 0 <= self.index < math.prod(gen.control_shape) or not math.isfinite(self.per_unit):
+            raise InputError(f"{gen.source}: mutation {self.name!r} names latent {self.index} with scale "
+                             f"{self.per_unit}; write the entry again")
+
+    def fingerprint(self) -> str:
+        parts = {"generator": self.gen.sha256, "encoder": self.gen.encoder_sha256, "mutation": self.name,
+                 "index": self.index, "latent_per_unit": self.per_unit}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def __call__(self, generator: nn.Module, control: torch.Tensor) -> torch.Tensor:
+        return self.details(generator, control)[0]
+
+    def details(self, generator: nn.Module, control: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        v = torch.zeros(math.prod(control.shape), dtype=torch.float64)
+        v[self.index] = self.per_unit
+        return v.reshape(control.shape), {"spec": f"entry:{self.name}", "latent_index": self.index,
+                                          "latent_per_unit": self.per_unit}
+
+
 class UserGeneratorPlugin:
     """The hooks that bring a :class:`UserGenerator` in: its generator (unless it is a zoo one), one mutation per
     direction, and their segments (with the direction's details in the record)."""
@@ -434,16 +465,25 @@ class UserGeneratorPlugin:
     def __init__(self, settings: UserGenerator, loaded: LoadedGenerator | None = None):
         self.settings = settings
         self.gen = loaded or load_generator(settings.ref, settings.encoder)
-        self.directions: dict[str, UserDirection] = {}
+        self.directions: dict[str, UserDirection | EntryAxis] = {}
+        for spec in self.gen.named:
+            axis = EntryAxis(spec, self.gen, self.gen.name.removeprefix("local:"))
+            self.directions[axis.name] = axis
         for text in settings.directions:
             spec = parse_direction(text)
             self.directions[spec.name] = UserDirection(spec, self.gen, settings.rank_threshold)
-        self.mutations: dict[str, Mutation] = {
-            name: Mutation(name, "local-perceptual" if d.spec.kind == "local" else "global-perceptual", self.gen.name,
-                           d.unit, DEFAULT_DELTA if d.unit == UNIT else 1.0, direction=d, fingerprint=d.fingerprint(),
-                           description=f"direction {d.spec.text} of {self.gen.source}, delta in {d.unit}")
-            for name, d in self.directions.items()
-        }
+        self.mutations: dict[str, Mutation] = {}
+        for name, d in self.directions.items():
+            if isinstance(d, EntryAxis):
+                self.mutations[name] = Mutation(name, d.kind, self.gen.name, d.unit, d.default_delta, direction=d,
+                                                fingerprint=d.fingerprint(),
+                                                description=f"{name} of {self.gen.source} (its latent {d.index}, "
+                                                            f"trained), delta in {d.unit}")
+                continue
+            self.mutations[name] = Mutation(
+                name, "local-perceptual" if d.spec.kind == "local" else "global-perceptual", self.gen.name, d.unit,
+                DEFAULT_DELTA if d.unit == UNIT else 1.0, direction=d, fingerprint=d.fingerprint(),
+                description=f"direction {d.spec.text} of {self.gen.source}, delta in {d.unit}")
 
     @gcert.hookimpl
     def gcert_register_generators(self, register: Callable[[GeneratorSpec], None]) -> None:
@@ -469,6 +509,6 @@ class UserGeneratorPlugin:
         direction = self.directions[mutation.name]
         vector, info = direction.details(generator, control)
         end = control.to(torch.float64) + float(delta) * vector.to(torch.float64)
-        if direction.spec.kind == "local":
+        if isinstance(direction, UserDirection) and direction.spec.kind == "local":
             info.update(direction.leak(generator, control, end))
         return Segment(control, end, direction=info)
