@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from gcert_zoo.pairs import faces_pair
 from gcert_zoo.weather import WEATHER_ARCHITECTURES
 from torch import nn
 
@@ -144,6 +145,7 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "digits_cnn": digits_cnn,
     "shapes_cnn": shapes_cnn,
     "faces_cnn": faces_cnn,
+    "faces_pair": faces_pair,
     "digits_generator": digits_generator,
     "shapes_generator": shapes_generator,
     "faces_generator": faces_generator,

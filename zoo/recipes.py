@@ -26,6 +26,7 @@ from gcert_zoo.datasets import (
 )
 from gcert_zoo.files import install, save_module, sha256_file
 from gcert_zoo.mutations import REGIONS
+from gcert_zoo.pairs import build_pair, pair_figures
 from gcert_zoo.smoothed import SMOOTHED_RECIPES
 from gcert_zoo.weather import WEATHER_RECIPES
 from torch import nn
@@ -448,6 +449,8 @@ def network_figures(entry: dict[str, Any], model: nn.Module) -> dict[str, Any]:
         from gcert_zoo.smoothed import smoothed_figures
 
         return smoothed_figures(entry, model)
+    if entry["name"] == "faces-pair":  # a pair verifier: held-out pair accuracy
+        return pair_figures(model)
     if entry["name"] == "digits-cnn":
         _, _, xte, yte = digits_split(0)
         return {"test_accuracy": round(measure.network_accuracy(model, torch.from_numpy(xte), yte), 4)}
@@ -465,6 +468,7 @@ RECIPES = {
     "digits-cnn": train_digits_cnn,
     "shapes-cnn": lambda out: build_classifier("shapes-cnn", out),
     "faces-cnn": lambda out: build_classifier("faces-cnn", out),
+    "faces-pair": lambda out: build_pair(out, log=_stderr),
     **{name: _generator_recipe(name) for name in GENERATOR_RECIPES},
     **WEATHER_RECIPES,
     **SMOOTHED_RECIPES,
