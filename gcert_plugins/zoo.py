@@ -87,7 +87,8 @@ def _generators() -> list[dict[str, Any]]:
 def gcert_register_generators(register: Callable[[GeneratorSpec], None]) -> None:
     for e in _generators():
         space = e["control_space"]
-        units = ", ".join(f"{f['name']} ({f['unit']})" for f in space["factors"])
+        units = ", ".join(f"{f['name']} ({f['unit']})" for f in space["factors"]) or (
+            "none (mutations are Jacobian-SVD directions found at each input)")
         register(GeneratorSpec(
             name=e["name"], loader=lambda n=e["name"]: zoo.load_generator(n), control_shape=(space["dim"],),
             image_shape=tuple(e["image_shape"]), value_range=tuple(e["value_range"]),
@@ -102,6 +103,9 @@ def gcert_register_mutations(register: Callable[[Mutation], None]) -> None:
     for e in _generators():
         for m in e["mutations"]:
             where = f", only the {m['foreground']} region (Eq. 17)" if m.get("foreground") else ""
+            if m.get("direction") == "svd":
+                where = (f", along the measured {m['factor']} gradient in the leading Jacobian-SVD subspace "
+                         f"(rank threshold {m['rank_threshold']:g}), calibrated by measurement at each input")
             register(Mutation(
                 m["name"], m["kind"], e["name"], m["unit"], float(m["default_delta"]), direction=ZooDirection(m),
                 description=f"{m['factor']} by delta {m['unit']} through {e['name']}{where}",

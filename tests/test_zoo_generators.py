@@ -46,6 +46,10 @@ def test_manifest_entries_are_complete_and_consistent():
         assert list(zoo.entry(e["network"])["input_shape"]) == e["image_shape"]
         factor_names = [f["name"] for f in space["factors"]]
         for m in e["mutations"]:
+            if m.get("direction") == "svd":  # found at each input (tests/test_zoo_svd.py), no latent axis
+                assert 0 < m["rank_threshold"] < 1 and m["unit"] and m["default_delta"] != 0
+                mutation_names.append(m["name"])
+                continue
             assert m["factor"] in factor_names and 0 <= m["latent_index"] < len(factor_names)
             per_unit = space["factors"][m["latent_index"]]["per_latent_unit"]
             # one latent unit was trained to be ``per_unit`` units; calibration rescales by a measured factor

@@ -138,6 +138,8 @@ class Encoder(nn.Module):
 ENCODERS: dict[str, Callable[[], Encoder]] = {
     "digits_encoder": lambda: Encoder(1, 8, 5, 11),
     "shapes_encoder": lambda: Encoder(1, 32, 5, 5),
+    # shapes-svd: no factor coordinates, all 10 latent dims are content (an unsupervised VAE's encoder)
+    "shapes_encoder_svd": lambda: Encoder(1, 32, 0, 10),
     "faces_encoder": lambda: Encoder(3, 32, 4, 12),
 }
 

@@ -104,7 +104,8 @@ def generator_figures(entry: dict[str, Any], generator: nn.Module, encoder: nn.M
     near_dir = torch.randn(codes.shape, generator=rng)
     near = codes + 0.1 * near_dir / near_dir.norm(dim=1, keepdim=True)
     cont = measure_continuity(generator, torch.cat([codes, codes]), torch.cat([codes[perm], near]))
-    prior = _prior(src, 2000, rng)
+    space = entry["control_space"]
+    prior = _prior(src, 2000, rng, factors=space["content"]["first"], dim=space["dim"])
     prior_pairs = measure_continuity(generator, prior[:1000], prior[1000:])
     with torch.no_grad():
         samples = generator(prior[:256])
@@ -132,6 +133,8 @@ def generator_figures(entry: dict[str, Any], generator: nn.Module, encoder: nn.M
             effects.append(jacobian(generator, codes[0]) @ d)
         if m.get("foreground") is not None:
             cal["background_ratio"] = round(_background_ratio(generator, codes[:n], m), 4)
+        if m.get("direction") == "svd":
+            cal.update(_svd_figures(generator, codes[:n], m))
         figures["mutations"][m["name"]] = cal
     e = torch.stack(effects)
     cos = (e @ e.T) / (e.norm(dim=1, keepdim=True) * e.norm(dim=1).unsqueeze(0)).clamp_min(1e-12)
@@ -155,14 +158,33 @@ def _background_ratio(generator: nn.Module, codes: torch.Tensor, mutation: dict[
     return float(np.mean(ratios))
 
 
-def _prior(src: FactorSource, n: int, rng: torch.Generator) -> torch.Tensor:
-    """The latent distribution generators are trained on: factors uniform in their range, content N(0, I)."""
-    f = torch.rand(n, len(src.factors), generator=rng) * 2 - 1
-    return torch.cat([f, torch.randn(n, src.content_dim, generator=rng)], dim=1)
+def _svd_figures(generator: nn.Module, codes: torch.Tensor, mutation: dict[str, Any]) -> dict[str, float]:
+    """Of an svd mutation at held-out codes: the mean rank of the leading subspace, the share of inputs
+    where calibration by measurement ran, and the mean calibration factor over those."""
+    from gcert_zoo.mutations import svd_direction
+
+    found = [svd_direction(generator, z, mutation) for z in codes]
+    scales = [d.scale for d in found if d.calibrated]
+    return {"subspace_rank_mean": round(float(np.mean([d.rank for d in found])), 3),
+            "calibrated_share": round(len(scales) / len(found), 4),
+            "calibration_factor_mean": round(float(np.mean(scales)), 4) if scales else float("nan")}
 
 
-def prior_sample(src: FactorSource, n: int, rng: torch.Generator) -> torch.Tensor:
-    return _prior(src, n, rng)
+def _prior(src: FactorSource, n: int, rng: torch.Generator, factors: int | None = None,
+           dim: int | None = None) -> torch.Tensor:
+    """The latent distribution generators are trained on: factors uniform in their range, content N(0, I).
+
+    ``factors`` is how many of the ``dim`` coordinates lead as factors (default: the source's); 0 for a
+    generator without factor coordinates (shapes-svd), whose whole latent is content."""
+    nf = len(src.factors) if factors is None else factors
+    f = torch.rand(n, nf, generator=rng) * 2 - 1
+    content = src.content_dim if dim is None else dim - nf
+    return torch.cat([f, torch.randn(n, content, generator=rng)], dim=1)
+
+
+def prior_sample(src: FactorSource, n: int, rng: torch.Generator, factors: int | None = None,
+                 dim: int | None = None) -> torch.Tensor:
+    return _prior(src, n, rng, factors, dim)
 
 
 @torch.no_grad()

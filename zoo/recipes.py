@@ -108,11 +108,13 @@ class GeneratorRecipe:
     emphasis: float = 1.0  # reconstruction weight inside the regions of local mutations (small, easily ignored)
     paired: float = 0.0  # weight of the paired-difference term: G(f, c) - G(f0, c) must match x - x0
     seed: int = 0
+    supervised: bool = True  # False: no factor coordinates; every latent dim is content (a plain VAE)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         data = f"a pool of {self.pool} pre-rendered pairs" if self.pool else "fresh batches"
-        return (f"VAE over [factors, content] with BatchNorm (folded for shipping); Adam lr {self.lr:g} with cosine "
+        space = "over [factors, content]" if self.supervised else "over content only (no factor values fed)"
+        return (f"VAE {space} with BatchNorm (folded for shipping); Adam lr {self.lr:g} with cosine "
                 f"decay, batch {self.batch}, {self.steps} steps on {data}; KL weight {self.kl:g}; continuity term "
                 f"(Eq. 14, prior pairs) weight {self.continuity:g}"
                 + (f"; locality of local factors weight {self.locality:g}" if self.locality else "")
@@ -122,6 +124,10 @@ class GeneratorRecipe:
 
 
 GEO_KIND = "geometric"
+SVD_RANK_THRESHOLD = 0.05
+SVD_PROBE = 0.3
+"""Latent step (along unit singular vectors, prior N(0, I)) of the svd mutations' finite differences."""
+"""Rank threshold of the svd mutations (singular values above 5 % of the largest span the subspace searched)."""
 
 
 def _geometric(prefix: str, deltas: dict[str, float]) -> tuple[MutationSpec, ...]:
@@ -165,6 +171,17 @@ GENERATOR_RECIPES: dict[str, GeneratorRecipe] = {
         # these weights, decided whether eyes close (see ``faces_generator``); paired / emphasis 20 / locality
         # 16 / a leakier clamp on the narrow decoder did not make them close.
         steps=4000, batch=64, lr=1e-3, kl=0.02, continuity=0.2, pool=6144, locality=2.0, emphasis=5.0),
+    # The paper's own mechanism: the same data and generator, but no factor values during training; the
+    # mutations are Jacobian-SVD directions at each input, calibrated by measurement (mutations kind "svd").
+    "shapes-svd": GeneratorRecipe(
+        name="shapes-svd", source="shapes", architecture="shapes_generator", encoder="shapes_encoder_svd",
+        network="shapes-cnn",
+        dataset="procedural filled rectangles and ellipses (32x32) under random rotation +-30 deg, translation "
+                "+-4 px, scaling +-20 %, shearing +-25 % (the shapes-geometric data; factor values unused)",
+        mutations=tuple(MutationSpec("svd-" + g, "svd", g, d, rank_threshold=SVD_RANK_THRESHOLD) for g, d in
+                        {"rotate": 15.0, "translate-x": 2.0, "translate-y": 2.0, "scale": 10.0,
+                         "shear": 15.0}.items()),
+        steps=2000, batch=64, lr=3e-3, kl=0.02, continuity=0.2, pool=8192, supervised=False),
 }
 
 
@@ -236,6 +253,8 @@ def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any 
 
     ``regulariser(G, z0, zT, rng=...)`` is the continuity term (benchmarks swap it for ablations).
     """
+    if not recipe.supervised:
+        return _train_unsupervised(recipe, steps, log, regulariser)
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     rng = torch.Generator().manual_seed(recipe.seed)
@@ -304,12 +323,62 @@ def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any 
     return shipped.eval(), enc, time.perf_counter() - start
 
 
+def _train_unsupervised(recipe: GeneratorRecipe, steps: int | None, log: Any,
+                        regulariser: Any) -> tuple[nn.Module, nn.Module, float]:
+    """A plain regulated VAE on the *mutated* images: no factor value reaches the generator.
+
+    Every latent dim is content with prior N(0, I); the encoder's mean is the shipped inversion
+    encoder. Loss per batch: ``sum-of-squares reconstruction + kl * KL + continuity * Eq. 14 term on
+    prior pairs``. Which latent directions rotate or shift a shape is left to the Jacobian's SVD at
+    each point (see gcert_zoo.mutations, kind ``svd``), as in GCert section 5.1.
+    """
+    start = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    rng = torch.Generator().manual_seed(recipe.seed)
+    src = SOURCES[recipe.source]()
+    pool = _Pool(src, recipe.pool, rng)
+    gen = ARCHITECTURES[recipe.architecture](batchnorm=True)  # type: ignore[call-arg]
+    _init_output(gen)
+    exact_output, gen.out = gen.out, _LeakyOutput()
+    enc = ARCHITECTURES[recipe.encoder]()
+    dim = gen.latent_dim
+    opt = torch.optim.Adam(list(gen.parameters()) + list(enc.parameters()), lr=recipe.lr)
+    steps = steps or recipe.steps
+    half = recipe.batch // 2
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _cosine(step, steps, recipe.lr)
+        gen.train()
+        _, x, _ = pool.batch(recipe.batch)
+        mu, logvar = enc.forward_train(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=rng)
+        recon = (gen(z) - x).pow(2).flatten(1).sum(1).mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+        prior = torch.randn(2 * half, dim, generator=rng)
+        cont = regulariser(gen, prior[:half], prior[half:], rng=rng)
+        loss = recon + recipe.kl * kl + recipe.continuity * cont
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if log is not None and (step % 100 == 0 or step == steps - 1):
+            log(f"{recipe.name} step {step}: recon {float(recon):.3f} kl {float(kl):.2f} "
+                f"continuity {float(cont):.3f} ({time.perf_counter() - start:.0f} s)")
+    gen.out = exact_output
+    gen.eval()
+    enc.eval()
+    shipped = ARCHITECTURES[recipe.architecture]()
+    shipped.load_state_dict(fold_batchnorm(gen).state_dict())
+    return shipped.eval(), enc, time.perf_counter() - start
+
+
 def generator_entry(recipe: GeneratorRecipe) -> dict[str, Any]:
     """The manifest entry of a generator, before its files and figures are filled in."""
     src = SOURCES[recipe.source]
     units = GEOMETRY_UNITS if recipe.source in ("digits", "shapes") else FACE_UNITS
     factors = [{"name": f, "index": j, "unit": units[f], "centre": src.centre[j], "per_latent_unit": src.scale[j]}
                for j, f in enumerate(src.factors)]
+    if not recipe.supervised:
+        return _svd_entry(recipe, src, units)
     mutations = []
     for m in recipe.mutations:
         j = list(src.factors).index(m.factor)
@@ -332,6 +401,37 @@ def generator_entry(recipe: GeneratorRecipe) -> dict[str, Any]:
     }
 
 
+SVD_METHOD = (
+    "at each input's latent z: J = dG/dz (forward mode); its right-singular vectors with singular value above "
+    "rank_threshold x the largest span the leading subspace (Eq. 5-6); the mutation's property (minimum enclosing "
+    "rectangle angle, centre x or y, log size in %, or moment shear after turning upright, of the generated image) "
+    "is measured at z + t v_i for t in (-2, -1, 1, 2) x probe along each singular vector v_i, and its least-squares "
+    "slope g_i taken; the direction is u = sum_i g_i v_i / |g|^2 (the subspace gradient, one unit of property per "
+    "unit to first order), then rescaled by default_delta / (measured change of the property over a step of "
+    "default_delta) up to calibration_steps times (factors clipped to [0.25, 4]; stopped when the step moves the "
+    "property the wrong way). Nothing is fitted once for all inputs: order and sign of singular vectors vary "
+    "between inputs, so the direction is found and calibrated at each one."
+)
+
+
+def _svd_entry(recipe: GeneratorRecipe, src: Any, units: dict[str, str]) -> dict[str, Any]:
+    """The manifest entry of an unsupervised generator whose mutations are Jacobian-SVD directions."""
+    dim = ARCHITECTURES[recipe.architecture]().latent_dim
+    mutations = [{"name": m.name, "kind": GEO_KIND, "direction": "svd", "factor": m.factor, "unit": units[m.factor],
+                  "default_delta": m.default_delta, "rank_threshold": m.rank_threshold, "probe": SVD_PROBE,
+                  "method": "gradient", "calibration_steps": 3} for m in recipe.mutations]
+    return {
+        "name": recipe.name, "kind": "generator", "dataset": recipe.dataset, "dataset_source": recipe.source,
+        "architecture": recipe.architecture, "encoder_architecture": recipe.encoder,
+        "image_shape": [src.channels, src.size, src.size], "value_range": [0.0, 1.0], "piecewise_linear": True,
+        "network": recipe.network,
+        "control_space": {"dim": dim, "factors": [], "content": {"first": 0, "dim": dim, "prior": "N(0, I)"},
+                          "factor_prior": "none: no latent coordinate is a factor"},
+        "mutations": mutations,
+        "svd_method": SVD_METHOD,
+    }
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)  # stdout carries the manifest entry (gcert zoo train prints it)
 
@@ -350,6 +450,8 @@ def calibrate(entry: dict[str, Any], generator: nn.Module, encoder: nn.Module, n
     src = SOURCES[entry["dataset_source"]]()
     _, _, f, state = src.sample(n, torch.Generator().manual_seed(CALIBRATION_SEED), split="train")
     for m in entry["mutations"]:
+        if m.get("direction") == "svd":
+            continue  # calibrated by measurement at each input (gcert_zoo.mutations.svd_direction)
         m["latent_per_unit"] /= m.pop("calibration_factor", 1.0)  # calibrate from the trained scale again
         found = measure.calibrate_mutation(generator, encoder, src, f, state, m)["measured_mean"]
         factor = float(np.clip(m["default_delta"] / found, 0.5, 2.0)) if found * m["default_delta"] > 0 else 1.0
@@ -361,6 +463,12 @@ def build_generator(name: str, out: Path, steps: int | None = None, log: Any = _
     """Train a generator recipe, write its weights, encoder and samples into ``out``, measure its figures."""
     recipe = GENERATOR_RECIPES[name]
     gen, enc, seconds = train_generator(recipe, steps, log)
+    return finish_generator(name, gen, enc, seconds, out)
+
+
+def finish_generator(name: str, gen: nn.Module, enc: nn.Module, seconds: float, out: Path) -> dict[str, Any]:
+    """Write a trained generator's weights, encoder and samples into ``out``; calibrate and measure its entry."""
+    recipe = GENERATOR_RECIPES[name]
     out.mkdir(parents=True, exist_ok=True)
     entry = generator_entry(recipe)
     weights, encoder = out / f"{name}.safetensors", out / f"{name}-encoder.safetensors"
@@ -371,7 +479,9 @@ def build_generator(name: str, out: Path, steps: int | None = None, log: Any = _
         "weights": weights.name, "sha256": sha256_file(weights),
         "encoder": encoder.name, "encoder_sha256": sha256_file(encoder),
         "samples": samples.name, "samples_sha256": sha256_file(samples),
-        "recipe": recipe.describe() + "; directions calibrated on training data", "training_seconds": round(seconds, 1),
+        "recipe": recipe.describe() + ("; directions calibrated on training data" if recipe.supervised else
+                                       "; directions found and calibrated at each input (svd_method)"),
+        "training_seconds": round(seconds, 1),
     })
     calibrate(entry, gen, enc)
     entry["metrics"] = measure.generator_figures(entry, gen, enc)
