@@ -247,14 +247,9 @@ def _locality(gen: nn.Module, z: torch.Tensor, local: list[tuple[int, torch.Tens
     return total
 
 
-def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any = None,
-                    regulariser: Any = continuity_loss) -> tuple[nn.Module, nn.Module, float]:
-    """Train ``recipe``; returns (the generator with BatchNorm folded, the encoder, seconds).
-
-    ``regulariser(G, z0, zT, rng=...)`` is the continuity term (benchmarks swap it for ablations).
-    """
-    if not recipe.supervised:
-        return _train_unsupervised(recipe, steps, log, regulariser)
+def _start(recipe: GeneratorRecipe) -> tuple[float, torch.Generator, Any, _Pool, nn.Module, nn.Module]:
+    """What both trainings begin with, in this order (the seeds and draws decide the weights): the clock, the seeds,
+    the data pool, and the generator with its exact output layer swapped for the leaky one while training."""
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     rng = torch.Generator().manual_seed(recipe.seed)
@@ -263,6 +258,18 @@ def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any 
     gen = ARCHITECTURES[recipe.architecture](batchnorm=True)  # type: ignore[call-arg]
     _init_output(gen)
     exact_output, gen.out = gen.out, _LeakyOutput()
+    return start, rng, src, pool, gen, exact_output
+
+
+def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any = None,
+                    regulariser: Any = continuity_loss) -> tuple[nn.Module, nn.Module, float]:
+    """Train ``recipe``; returns (the generator with BatchNorm folded, the encoder, seconds).
+
+    ``regulariser(G, z0, zT, rng=...)`` is the continuity term (benchmarks swap it for ablations).
+    """
+    if not recipe.supervised:
+        return _train_unsupervised(recipe, steps, log, regulariser)
+    start, rng, src, pool, gen, exact_output = _start(recipe)
     # Two encoders: ``content`` reads canonical images for the VAE; ``enc`` (shipped, for inversion)
     # learns to predict [factors, content] from mutated ones. Sharing one network made the content
     # target chase itself (E(x) -> E(x0) moves E(x0) too) and the codes blew up.
@@ -332,14 +339,7 @@ def _train_unsupervised(recipe: GeneratorRecipe, steps: int | None, log: Any,
     prior pairs``. Which latent directions rotate or shift a shape is left to the Jacobian's SVD at
     each point (see gcert_zoo.mutations, kind ``svd``), as in GCert section 5.1.
     """
-    start = time.perf_counter()
-    torch.manual_seed(recipe.seed)
-    rng = torch.Generator().manual_seed(recipe.seed)
-    src = SOURCES[recipe.source]()
-    pool = _Pool(src, recipe.pool, rng)
-    gen = ARCHITECTURES[recipe.architecture](batchnorm=True)  # type: ignore[call-arg]
-    _init_output(gen)
-    exact_output, gen.out = gen.out, _LeakyOutput()
+    start, rng, src, pool, gen, exact_output = _start(recipe)
     enc = ARCHITECTURES[recipe.encoder]()
     dim = gen.latent_dim
     opt = torch.optim.Adam(list(gen.parameters()) + list(enc.parameters()), lr=recipe.lr)
