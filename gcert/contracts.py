@@ -70,6 +70,8 @@ class Mutation:
     :class:`gcert.transforms.ResolvableTransform`) span its parameter box, the attack range scaled by ``delta``
     about the identity, which only the ``smoothing`` certifier analyses. ``levels`` are the strengths a
     run certifies when it is given none (default: ``default_delta`` alone), e.g. small / medium / heavy.
+    ``trained_span``: a generator trained on this factor over ``+-span/2`` has no images beyond a change of
+    ``span`` from any input, so larger strengths are refused unless ``--allow-extrapolation``.
     ``fingerprint`` goes into every record's identity, so a resumed run never reuses an answer about another
     generator or direction under the same mutation name (``--generator``, :mod:`gcert.generators.user`).
     """
@@ -85,6 +87,7 @@ class Mutation:
     levels: tuple[float, ...] = ()
     transform: Any = None
     fingerprint: str = ""  # what else the region depends on (a user generator's weights, a direction file), hashed
+    trained_span: float | None = None  # the largest |delta| that can stay in the range G was trained on (soft)
 
     def __post_init__(self) -> None:
         _check_name("mutation", self.name)

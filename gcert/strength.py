@@ -8,6 +8,9 @@
   whole range (``2 * per_latent_unit``, rotation: 60 deg) leaves it from any starting point, so the
   generator's images there are extrapolation: refused unless ``--allow-extrapolation``.
 
+* A mutation that declares ``trained_span`` (a geometric ``gcert generator regulate`` entry's: twice its trained
+  range) is checked the same way.
+
 Mutations of other plugins have no declared range and are not checked.
 """
 
@@ -52,6 +55,11 @@ def strength_range(mutation: Mutation) -> StrengthRange | None:
                  default=math.inf)
         return StrengthRange(0.0, hi, "delta is the fraction of every part's default strength, from 0, and no part "
                              "may leave its own range", soft=any(r is not None and r.soft for _, r in ranges))
+    if mutation.trained_span is not None:
+        span = float(mutation.trained_span)
+        return StrengthRange(-span, span, f"{mutation.generator} was trained on {mutation.name} within "
+                             f"+-{span / 2:g} {mutation.unit}, so a change of more than {span:g} {mutation.unit} "
+                             "leaves that range from any input", soft=True)
     from gcert import zoo
 
     try:

@@ -424,3 +424,10 @@ def test_a_geometric_entry_brings_its_calibrated_mutations_under_its_own_name(tm
     for c in certs:  # 8 degrees is 8/20 of a latent unit along latent 0
         assert c.unit == "degrees" and np.isclose(c.region["length"], 8 / 20)
         assert c.region["direction"] == {"spec": "entry:geo:rotate", "latent_index": 0, "latent_per_unit": 0.05}
+    # trained over +-20 degrees: a change of more than 40 leaves that range from any input
+    far = ["run", "-c", "exactline", "--generator", str(entry), "--model", "digits-cnn", "--data",
+           str(tmp_path / "mine.npz"), "--limit", "1", "--delta", "45", "--workers", "1", "-q"]
+    assert run_cli(*far, "--out", str(tmp_path / "far.jsonl")) == 2 and not (tmp_path / "far.jsonl").exists()
+    assert run_cli(*far, "--allow-extrapolation", "--out", str(tmp_path / "far2.jsonl")) == 0
+    (cert,) = read_certificates(tmp_path / "far2.jsonl")
+    assert "outside [-40, 40]" in cert.details["extrapolation"]

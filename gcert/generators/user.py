@@ -438,6 +438,8 @@ class EntryAxis:
         self.name, self.gen = f"{entry_name}:{spec['name']}", gen
         self.index, self.per_unit = int(spec["latent_index"]), float(spec["latent_per_unit"])
         self.unit, self.default_delta = str(spec["unit"]), float(spec.get("default_delta", 1.0))
+        top = spec.get("max_delta")  # the factor was trained over +-max_delta
+        self.trained_span = 2 * abs(float(top)) if isinstance(top, (int, float)) and math.isfinite(top) else None
         self.kind = str(spec.get("kind", "geometric"))
         if not 0 <= self.index < math.prod(gen.control_shape) or not math.isfinite(self.per_unit):
             raise InputError(f"{gen.source}: mutation {self.name!r} names latent {self.index} with scale "
@@ -476,7 +478,7 @@ class UserGeneratorPlugin:
         for name, d in self.directions.items():
             if isinstance(d, EntryAxis):
                 self.mutations[name] = Mutation(name, d.kind, self.gen.name, d.unit, d.default_delta, direction=d,
-                                                fingerprint=d.fingerprint(),
+                                                fingerprint=d.fingerprint(), trained_span=d.trained_span,
                                                 description=f"{name} of {self.gen.source} (its latent {d.index}, "
                                                             f"trained), delta in {d.unit}")
                 continue
