@@ -261,6 +261,18 @@ def _start(recipe: GeneratorRecipe) -> tuple[float, torch.Generator, Any, _Pool,
     return start, rng, src, pool, gen, exact_output
 
 
+def _ship(recipe: GeneratorRecipe, gen: nn.Module, exact_output: nn.Module, enc: nn.Module,
+          start: float) -> tuple[nn.Module, nn.Module, float]:
+    """What both trainings end with: the exact output layer back, BatchNorm folded into a fresh module of the
+    shipped architecture, the encoder, and the seconds since ``start``."""
+    gen.out = exact_output
+    gen.eval()
+    enc.eval()
+    shipped = ARCHITECTURES[recipe.architecture]()
+    shipped.load_state_dict(fold_batchnorm(gen).state_dict())
+    return shipped.eval(), enc, time.perf_counter() - start
+
+
 def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any = None,
                     regulariser: Any = continuity_loss) -> tuple[nn.Module, nn.Module, float]:
     """Train ``recipe``; returns (the generator with BatchNorm folded, the encoder, seconds).
@@ -322,12 +334,7 @@ def train_generator(recipe: GeneratorRecipe, steps: int | None = None, log: Any 
             log(f"{recipe.name} step {step}: recon {float(recon):.3f} kl {float(kl):.2f} "
                 f"consistency {float(consistency):.3f} continuity {float(cont):.3f}"
                 + (f" paired {float(paired):.3f}" if recipe.paired else ""))
-    gen.out = exact_output
-    gen.eval()
-    enc.eval()
-    shipped = ARCHITECTURES[recipe.architecture]()
-    shipped.load_state_dict(fold_batchnorm(gen).state_dict())
-    return shipped.eval(), enc, time.perf_counter() - start
+    return _ship(recipe, gen, exact_output, enc, start)
 
 
 def _train_unsupervised(recipe: GeneratorRecipe, steps: int | None, log: Any,
@@ -363,12 +370,7 @@ def _train_unsupervised(recipe: GeneratorRecipe, steps: int | None, log: Any,
         if log is not None and (step % 100 == 0 or step == steps - 1):
             log(f"{recipe.name} step {step}: recon {float(recon):.3f} kl {float(kl):.2f} "
                 f"continuity {float(cont):.3f} ({time.perf_counter() - start:.0f} s)")
-    gen.out = exact_output
-    gen.eval()
-    enc.eval()
-    shipped = ARCHITECTURES[recipe.architecture]()
-    shipped.load_state_dict(fold_batchnorm(gen).state_dict())
-    return shipped.eval(), enc, time.perf_counter() - start
+    return _ship(recipe, gen, exact_output, enc, start)
 
 
 def generator_entry(recipe: GeneratorRecipe) -> dict[str, Any]:
