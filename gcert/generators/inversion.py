@@ -4,6 +4,7 @@ optimisation with restarts; the reconstruction error always comes with the contr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -150,6 +151,48 @@ def _refine(generator: nn.Module, target: torch.Tensor, z: torch.Tensor, steps: 
     with torch.no_grad():
         final = float((generator(z.unsqueeze(0)) - target).pow(2).mean())
     return z.detach().clone() if final < best_loss else best_z
+
+
+class CachedInverter:
+    """``invert(G, image) -> (control, error)`` for a generator's spec: :func:`invert` with restarts, seeded by
+    :meth:`encoder` when there is one, cached per image content (a run inverts the same input once per mutation,
+    strength and certifier); :meth:`invert_many` inverts the images not cached yet as one batch (the same search;
+    it agrees with one-by-one inversion to float32 rounding, not bitwise). Subclasses give the encoder.
+    """
+
+    def __init__(self, control_shape: tuple[int, ...], restarts: int = 3, steps: int = 100, spread: float = 0.5,
+                 bounds: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.control_shape, self.restarts, self.steps = tuple(control_shape), restarts, steps
+        self.spread, self.bounds = spread, bounds
+        self._cache: dict[str, tuple[torch.Tensor, float]] = {}
+
+    def encoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The encoder whose guess starts the search (none: the origin)."""
+        return None
+
+    def __call__(self, generator: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, float]:
+        key = _image_key(image)
+        if key not in self._cache:
+            result = invert(generator, image.float(), self.control_shape, encoder=self.encoder(),
+                            restarts=self.restarts, steps=self.steps, spread=self.spread, bounds=self.bounds)
+            self._cache[key] = (result.control, result.error)
+        control, error = self._cache[key]
+        return control.clone(), error
+
+    def invert_many(self, generator: nn.Module, images: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+        """``self(generator, image)`` for every image (batch first); the ones not cached are inverted as one batch."""
+        keys = [_image_key(im) for im in images]
+        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}.values())
+        if todo:
+            results = invert_many(generator, images[todo].float(), self.control_shape, encoder=self.encoder(),
+                                  restarts=self.restarts, steps=self.steps, spread=self.spread, bounds=self.bounds)
+            for i, result in zip(todo, results, strict=True):
+                self._cache[keys[i]] = (result.control, result.error)
+        return [(self._cache[k][0].clone(), self._cache[k][1]) for k in keys]
+
+
+def _image_key(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.detach().float().contiguous().numpy().tobytes()).hexdigest()
 
 
 class _Adam:

@@ -35,7 +35,7 @@ import gcert
 from gcert.contracts import GeneratorSpec, Mutation
 from gcert.errors import GcertError, InputError, one_line
 from gcert.generators.directions import DEFAULT_RANK_THRESHOLD, jacobian, local_directions, svd_split
-from gcert.generators.inversion import invert_many
+from gcert.generators.inversion import CachedInverter
 from gcert.regions import Region, Segment
 
 UNIT = "latent"
@@ -273,26 +273,16 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class UserInverter:
-    """``invert(G, image)``: the encoder's guess (if any) refined by Adam, or optimisation from the origin with
-    restarts; batched over many images (:meth:`invert_many`) and cached per image."""
+class UserInverter(CachedInverter):
+    """``invert(G, image)`` for a user generator: the encoder's guess (if any) refined by Adam, or optimisation from
+    the origin with restarts (cached per image and batched, as for the zoo's generators)."""
 
     def __init__(self, gen: LoadedGenerator, restarts: int = 4, steps: int = 200, spread: float = 1.0):
-        self.gen, self.restarts, self.steps, self.spread = gen, restarts, steps, spread
-        self._cache: dict[str, tuple[torch.Tensor, float]] = {}
+        super().__init__(gen.control_shape, restarts, steps, spread)
+        self.gen = gen
 
-    def __call__(self, generator: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, float]:
-        return self.invert_many(generator, image.unsqueeze(0))[0]
-
-    def invert_many(self, generator: nn.Module, images: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
-        keys = [hashlib.sha256(im.detach().float().contiguous().numpy().tobytes()).hexdigest() for im in images]
-        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}.values())
-        if todo:
-            results = invert_many(generator, images[todo].float(), self.gen.control_shape, encoder=self.gen.encoder,
-                                  restarts=self.restarts, steps=self.steps, spread=self.spread)
-            for i, result in zip(todo, results, strict=True):
-                self._cache[keys[i]] = (result.control, result.error)
-        return [(self._cache[k][0].clone(), self._cache[k][1]) for k in keys]
+    def encoder(self) -> nn.Module | None:
+        return self.gen.encoder
 
 
 class UserDirection:
