@@ -159,7 +159,7 @@ _GENERATOR_OPTIONS = [
 def _user_generator(o: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
     """The ``--generator`` settings (or None) and the mutations to run: --mutation, else its directions."""
     from gcert.generators.directions import DEFAULT_RANK_THRESHOLD
-    from gcert.generators.user import UserGenerator
+    from gcert.generators.user import UserGenerator, entry_mutations
 
     mutations = tuple(o.get("mutations") or ())
     if o.get("generator_ref") is None:
@@ -169,24 +169,11 @@ def _user_generator(o: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
                 raise GcertError(f"{flag} needs --generator (the generator whose latent it speaks about)")
         return None, mutations
     threshold = o.get("rank_threshold")
-    named = _entry_mutations(o["generator_ref"])  # a geometric entry's own mutations come with it
+    named = entry_mutations(o["generator_ref"])  # a geometric entry's own mutations come with it
     directions = tuple(o.get("directions") or ()) or (() if named else ("svd:0",))
     user = UserGenerator(o["generator_ref"], directions, o.get("encoder_ref"),
                          DEFAULT_RANK_THRESHOLD if threshold is None else float(threshold))
     return user, mutations or (*named, *user.mutation_names)
-
-
-def _entry_mutations(ref: str) -> tuple[str, ...]:
-    """The mutation names a `gcert generator regulate` folder declares (none for other generators)."""
-    manifest = Path(ref) / "gcert-generator.json"
-    if not manifest.is_file():
-        return ()
-    try:
-        entry = json.loads(manifest.read_text())
-        listed, name = entry.get("mutations", ()), entry["name"]
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return ()  # loading the entry reports what is wrong with it, in one line
-    return tuple(f"{name}:{m['name']}" for m in listed if isinstance(m, dict) and "name" in m)
 
 
 _JOB_OPTIONS = [

@@ -291,8 +291,11 @@ def load_registry(settings: PluginSettings | None = None) -> Registry:
     if settings is not None and settings.generator is not None:
         from gcert.generators.user import PLUGIN_NAME
 
-        clash = next((p for p in reg.problems if f"and {PLUGIN_NAME!r}" in p), None)
-        if clash is not None:
-            raise InputError(clash.split("; the first one is kept")[0] + "; give your direction or entry another "
-                             "name (gcert directions --save K=NAME, or the entry's mutation names)")
+        user = reg.pm.get_plugin(PLUGIN_NAME)
+        for name in user.mutations:
+            owner = reg.mutations[name].plugin if name in reg.mutations else "?"
+            if owner != PLUGIN_NAME:
+                raise InputError(f"mutation {name!r} registered by both {owner!r} and {PLUGIN_NAME!r}; give your "
+                                 "direction or entry another name (gcert directions --save K=NAME, or the entry's "
+                                 "mutation names)")
     return reg

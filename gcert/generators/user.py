@@ -419,13 +419,32 @@ def _read_mask(spec: DirectionSpec, image_shape: tuple[int, ...]) -> torch.Tenso
     return mask
 
 
+def entry_mutation_name(entry: str, mutation: object) -> str:
+    """The name a local entry's own mutation runs under: ``ENTRY:NAME``, never a zoo mutation's name."""
+    return f"{entry}:{mutation}"
+
+
+def entry_mutations(ref: str) -> tuple[str, ...]:
+    """The mutation names a `gcert generator regulate` folder declares (none for other generators), read before
+    the generator is loaded, so that a run without --mutation or --direction certifies them."""
+    manifest = Path(ref) / "gcert-generator.json"
+    if not manifest.is_file():
+        return ()
+    try:
+        entry = json.loads(manifest.read_text())
+        listed, name = entry.get("mutations", ()), entry["name"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return ()  # loading the entry reports what is wrong with it, in one line
+    return tuple(entry_mutation_name(name, m["name"]) for m in listed if isinstance(m, dict) and "name" in m)
+
+
 class EntryAxis:
     """A mutation a local entry declares (``gcert generator regulate --kind geometric``): its latent axis, scaled so
     one unit of strength is one unit of the mutation (degrees, pixels, percent) as trained. Named ``ENTRY:NAME``
     (``mine:rotate``), so it never takes the name of a zoo mutation."""
 
     def __init__(self, spec: dict[str, Any], gen: LoadedGenerator, entry_name: str):
-        self.name, self.gen = f"{entry_name}:{spec['name']}", gen
+        self.name, self.gen = entry_mutation_name(entry_name, spec["name"]), gen
         self.index, self.per_unit = int(spec["latent_index"]), float(spec["latent_per_unit"])
         self.unit, self.default_delta = str(spec["unit"]), float(spec.get("default_delta", 1.0))
         top = spec.get("max_delta")  # the factor was trained over +-max_delta
