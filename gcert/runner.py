@@ -97,11 +97,11 @@ class Context:
         from gcert import zoo
 
         self.config = config
-        self.registry = registry or load_registry(config.plugins)
         model_ref, data_ref = config.model, config.data
         user = config.plugins.generator
-        if user is not None and model_ref is None and user.ref not in zoo.generator_names():
+        if user is not None and model_ref is None and user.ref not in zoo.generator_names():  # before loading it
             raise InputError(f"give --model: the network that reads the images of --generator {user.ref}")
+        self.registry = registry or load_registry(config.plugins)
         if model_ref is None:
             model_ref = _zoo_network_for(config.mutations, self.registry)
         self.model: LoadedModel = load_model(model_ref, _opt_list(config.mean), _opt_list(config.std))
